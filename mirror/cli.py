@@ -1,0 +1,186 @@
+"""`mirror` command line: the one place typed errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from filelock import FileLock, Timeout
+
+from mirror import state
+from mirror.config import Config, config_path_from_env, load_config
+from mirror.errors import EXIT_OK, EXIT_SYNC_FAILED, LockedError, MirrorError
+from mirror.http import Fetcher
+from mirror.progress import human_bytes
+from mirror.repofile import expand_targets, load_definitions, select_targets
+from mirror.yum.sync import sync_repos
+
+log = logging.getLogger("mirror")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        stream=sys.stderr,
+    )
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _handle_errors(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MirrorError as exc:
+            click.echo(f"mirror: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def sync_lock(cfg: Config) -> Iterator[None]:
+    """One sync at a time per data directory; a second one fails at once, touching nothing."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cfg.data_dir / ".sync.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LockedError(
+            f"another mirror sync is running (lock held on {cfg.data_dir / '.sync.lock'}); "
+            "try again later"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _Ctx:
+    def __init__(self, config: str | None) -> None:
+        self.path = config_path_from_env(config)
+        self._cfg: Config | None = None
+
+    @property
+    def cfg(self) -> Config:
+        if self._cfg is None:
+            self._cfg = load_config(self.path)
+        return self._cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    metavar="CONFIG",
+    help="Config file [default: $MIRROR_CONFIG or ./mirror.yaml]",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
+    """Offline mirror node for air-gapped kubeadm clusters."""
+    _setup_logging(verbose)
+    ctx.obj = _Ctx(config)
+
+
+@main.command()
+@click.option(
+    "--only", type=click.Choice(["repos", "images"]), help="Sync only yum repos or only images."
+)
+@click.option(
+    "--repo", "repo_ids", multiple=True, metavar="ID", help="Only this repo id (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="Fetch metadata and show the plan; change nothing.")
+@click.pass_obj
+@_handle_errors
+def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) -> None:
+    """Mirror the configured yum repositories (and images)."""
+    cfg = obj.cfg
+    failures: list[str] = []
+    # Validate everything requested before taking the lock or touching the network.
+    targets = []
+    if only in (None, "repos"):
+        targets = select_targets(expand_targets(load_definitions(cfg), cfg), repo_ids)
+    with sync_lock(cfg):
+        if targets:
+            fetcher = Fetcher(
+                pool_size=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
+            )
+            try:
+                results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
+            finally:
+                fetcher.close()
+            failures += [r.error for r in results if r.error]
+            ok = [r for r in results if not r.error]
+            changed = sum(1 for r in ok if r.changed)
+            log.info(
+                "repos: %d ok (%d changed, %d unchanged), %d failed",
+                len(ok),
+                changed,
+                len(ok) - changed,
+                len(results) - len(ok),
+            )
+    if failures:
+        click.echo(f"mirror sync: {len(failures)} failed:", err=True)
+        for line in failures:
+            click.echo(f"  {line}", err=True)
+        sys.exit(EXIT_SYNC_FAILED)
+    sys.exit(EXIT_OK)
+
+
+@main.command()
+@click.option("--bind", default="0.0.0.0:8080", show_default=True, metavar="HOST:PORT")
+@click.option("--workers", default=4, show_default=True, type=int)
+@click.pass_obj
+@_handle_errors
+def serve(obj: _Ctx, bind: str, workers: int) -> None:
+    """Serve repos, .repo files, keys and node configs over HTTP (gunicorn)."""
+    from mirror.web.server import serve as run_server
+
+    cfg = obj.cfg
+    load_definitions(cfg)  # fail here, with the config error, not inside a gunicorn worker
+    run_server(cfg, bind, workers=workers)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@_handle_errors
+def status(obj: _Ctx, as_json: bool) -> None:
+    """What is mirrored, when, and the last errors."""
+    cfg = obj.cfg
+    repos = state.load_all(cfg.state_root, "repos")
+    if as_json:
+        click.echo(json.dumps({"repos": [asdict(r) for r in repos]}, indent=2))
+        return
+    if not repos:
+        click.echo(f"nothing synced yet into {cfg.data_dir}")
+    for r in repos:
+        size = human_bytes(r.bytes) if r.bytes is not None else "-"
+        flag = "ok" if r.ok else "FAILED"
+        click.echo(
+            f"{r.key:40} {flag:6} packages={r.packages if r.packages is not None else '-':<6} "
+            f"size={size:>10} last_success={r.last_success or 'never'}"
+        )
+        if r.last_error:
+            click.echo(f"{'':40} last error: {r.last_error}")
+    if any(not r.ok for r in repos):
+        sys.exit(EXIT_SYNC_FAILED)
+
+
+def run() -> None:
+    main(prog_name="mirror")
+
+
+if __name__ == "__main__":
+    run()

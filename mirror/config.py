@@ -1,0 +1,168 @@
+"""The one configuration object: loaded from YAML, validated once, frozen, passed in.
+
+Defaults live here, not in every mirror.yaml. Relative paths are resolved against the
+directory of the config file, so `mirror -c /etc/mirror/mirror.yaml` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mirror.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "mirror.yaml"
+
+
+class _Frozen(BaseModel):
+    # extra="forbid": an unknown key is a typo until proven otherwise.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class RepoFilter(_Frozen):
+    """Which packages of one repo to mirror.
+
+    Patterns are shell globs matched against NAME, NAME-VERSION and NAME-VERSION-RELEASE,
+    so "kubeadm", "kubeadm-1.28.*" and "kubeadm-1.28.4-150500.1.1" all work.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    newest: int | None = Field(default=None, ge=1)
+
+
+class RegistryConfig(_Frozen):
+    url: str = "localhost:5000"
+    tls_verify: bool = False
+    embedded: bool = True
+    authfile: Path | None = None
+
+
+class UpstreamConfig(_Frozen):
+    registries_conf: Path | None = None
+    authfile: Path | None = None
+
+
+class Config(_Frozen):
+    config_path: Path | None = None  # set by load_config, not read from YAML
+    data_dir: Path = Path("./data")
+    base_url: str = "http://localhost:8080"
+    repos_dir: Path = Path("./repos")
+    releasever: tuple[str, ...] = ("9",)
+    basearch: tuple[str, ...] = ("x86_64",)
+    repo_filters: dict[str, RepoFilter] = Field(default_factory=dict)
+    # Download tuning; the defaults suit a single utility node.
+    download_workers: int = Field(default=8, ge=1, le=64)
+    http_timeout: float = Field(default=60.0, gt=0)
+    http_retries: int = Field(default=5, ge=0, le=20)
+    # Container images (issue: images into a local registry).
+    images_file: Path | None = Path("./images.txt")
+    kubernetes_versions: tuple[str, ...] = ()
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    platforms: tuple[str, ...] | Literal["all"] = ("linux/amd64",)
+    image_workers: int = Field(default=4, ge=1, le=32)
+    # Web service.
+    sync_token: str | None = None  # enables POST /api/sync when set
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("releasever", "basearch")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(not v or "/" in v for v in value):
+            raise ValueError("must be a non-empty list of values without '/'")
+        return value
+
+    @property
+    def repos_root(self) -> Path:
+        """Where published repositories live (served as /repos/)."""
+        return self.data_dir / "repos"
+
+    @property
+    def keys_root(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def state_root(self) -> Path:
+        return self.data_dir / "state"
+
+
+def config_path_from_env(explicit: str | None) -> Path:
+    """`-c`, else $MIRROR_CONFIG, else ./mirror.yaml."""
+    return Path(explicit or os.environ.get("MIRROR_CONFIG") or DEFAULT_CONFIG_NAME)
+
+
+def _format_validation_error(source: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"key '{key}': {msg}{more}"
+
+
+def _resolve(base: Path, value: Path | None) -> Path | None:
+    if value is None:
+        return None
+    value = value.expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; every problem is a ConfigError naming file and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found (use -c or $MIRROR_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        raw: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(str(path), f"{where}{problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "top level must be a mapping of keys")
+    if "config_path" in raw:
+        raise ConfigError(str(path), "key 'config_path': unknown key")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), _format_validation_error(path, exc)) from None
+    return resolve_paths(cfg, path)
+
+
+def resolve_paths(cfg: Config, path: Path) -> Config:
+    base = path.resolve().parent
+    return cfg.model_copy(
+        update={
+            "config_path": path.resolve(),
+            "data_dir": _resolve(base, cfg.data_dir),
+            "repos_dir": _resolve(base, cfg.repos_dir),
+            "images_file": _resolve(base, cfg.images_file),
+            "registry": cfg.registry.model_copy(
+                update={"authfile": _resolve(base, cfg.registry.authfile)}
+            ),
+            "upstream": cfg.upstream.model_copy(
+                update={
+                    "registries_conf": _resolve(base, cfg.upstream.registries_conf),
+                    "authfile": _resolve(base, cfg.upstream.authfile),
+                }
+            ),
+        }
+    )

@@ -1,0 +1,78 @@
+"""OpenPGP checks with the system `gpg`, in a throwaway home so no user keyring is touched."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from mirror.errors import EnvironmentProblem
+
+
+class SignatureError(Exception):
+    pass
+
+
+def _gpg() -> str:
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        raise EnvironmentProblem(
+            "gpg not found: install the 'gnupg' package (dnf/apt install gnupg2/gnupg)"
+        )
+    return gpg
+
+
+def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_gpg(), "--homedir", str(home), "--batch", "--no-tty", "--status-fd", "1", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def key_fingerprints(keys: bytes) -> list[str]:
+    """Fingerprints of the public keys in `keys` (armored or binary); [] when there are none."""
+    with tempfile.TemporaryDirectory(prefix="mirror-gpg-") as home:
+        keyfile = Path(home) / "keys"
+        keyfile.write_bytes(keys)
+        proc = _run(
+            Path(home), "--with-colons", "--import-options", "show-only", "--import", str(keyfile)
+        )
+        return [line.split(":")[9] for line in proc.stdout.splitlines() if line.startswith("fpr:")]
+
+
+def verify_detached(data: bytes, signature: bytes, keys: bytes) -> str:
+    """Check `signature` over `data` against `keys`; return the signing key's fingerprint.
+
+    Raises SignatureError with gpg's own reason when the signature is bad, made by another
+    key, or unreadable.
+    """
+    with tempfile.TemporaryDirectory(prefix="mirror-gpg-") as tmp:
+        home = Path(tmp)
+        home.chmod(0o700)
+        (home / "keys").write_bytes(keys)
+        (home / "data").write_bytes(data)
+        (home / "data.asc").write_bytes(signature)
+        imported = _run(home, "--import", str(home / "keys"))
+        if "IMPORT_OK" not in imported.stdout:
+            raise SignatureError("the repo's gpgkey holds no usable public key")
+        proc = _run(home, "--verify", str(home / "data.asc"), str(home / "data"))
+        for line in proc.stdout.splitlines():
+            if line.startswith("[GNUPG:] VALIDSIG ") and proc.returncode == 0:
+                return line.split()[2]
+        reasons = {
+            "BADSIG": "bad signature (content does not match)",
+            "NO_PUBKEY": "signed by a key that is not the repo's gpgkey",
+            "EXPKEYSIG": "signing key expired",
+            "REVKEYSIG": "signing key revoked",
+            "NODATA": "no signature found",
+        }
+        for token, reason in reasons.items():
+            if f"[GNUPG:] {token}" in proc.stdout:
+                raise SignatureError(reason)
+        raise SignatureError(
+            f"gpg could not verify: {proc.stderr.strip().splitlines()[-1:] or '?'}"
+        )

@@ -1,0 +1,258 @@
+"""Pooled HTTP downloads: retries with backoff, resume, checksum verified while streaming.
+
+A file is written to `<name>.part` in its final directory, checked against the expected
+size and checksum as the bytes arrive, and renamed into place only when both match, so a
+reader never sees a half-written or wrong file under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+from urllib3.util.retry import Retry
+
+from mirror import __version__
+
+CHUNK = 1024 * 1024
+USER_AGENT = f"airgap-mirror/{__version__}"
+ProgressCallback = Callable[[int], None]
+
+
+class FetchError(Exception):
+    """A URL could not be fetched or its content did not verify. `url` says which."""
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ChecksumMismatch(FetchError):
+    pass
+
+
+class _StreamBroken(Exception):
+    """The body stopped early; retried with a Range request from where it stopped."""
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-repository knobs from the .repo file (sslverify, proxy, username/password)."""
+
+    verify_tls: bool = True
+    proxy: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"verify": self.verify_tls}
+        if self.proxy and self.proxy not in ("_none_", "none"):
+            kw["proxies"] = {"http": self.proxy, "https": self.proxy}
+        if self.username:
+            kw["auth"] = (self.username, self.password or "")
+        return kw
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a downloaded file must be; None means 'not known, do not check'."""
+
+    checksum_type: str | None = None
+    checksum: str | None = None
+    size: int | None = None
+
+
+def new_hash(checksum_type: str) -> Any:
+    # repomd/primary say "sha" for sha1 in old repos.
+    name = "sha1" if checksum_type == "sha" else checksum_type
+    try:
+        return hashlib.new(name)
+    except ValueError:
+        raise ValueError(f"unsupported checksum type {checksum_type!r}") from None
+
+
+def file_matches(path: Path, expected: Expected) -> bool:
+    """True when `path` exists with the expected size and checksum."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if expected.size is not None and size != expected.size:
+        return False
+    if expected.checksum is None or expected.checksum_type is None:
+        return expected.size is not None
+    digest = new_hash(expected.checksum_type)
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return bool(digest.hexdigest() == expected.checksum.lower())
+
+
+class Fetcher:
+    """One pooled session shared by all download threads of a sync."""
+
+    def __init__(self, *, pool_size: int = 8, timeout: float = 60.0, retries: int = 5) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        # urllib3 retries connection errors and 5xx answers before any body is read.
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            backoff_factor=0.5,
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            raise_on_status=False,
+        )
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def get_bytes(self, url: str, opts: RequestOptions, *, limit: int = 64 * 1024 * 1024) -> bytes:
+        """Small documents (repomd.xml, keys, signatures)."""
+        if url.startswith("file://"):
+            try:
+                return Path(url[len("file://") :]).read_bytes()
+            except OSError as exc:
+                raise FetchError(url, exc.strerror or str(exc)) from None
+        try:
+            resp = self.session.get(url, timeout=self.timeout, **opts.kwargs())
+        except requests.RequestException as exc:
+            raise FetchError(url, _describe(exc)) from None
+        with resp:
+            if resp.status_code != 200:
+                raise FetchError(url, f"HTTP {resp.status_code}")
+            data = resp.content
+        if len(data) > limit:
+            raise FetchError(url, f"larger than {limit} bytes")
+        return data
+
+    def download(
+        self,
+        url: str,
+        dest: Path,
+        expected: Expected,
+        opts: RequestOptions,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Fetch `url` into `dest` atomically, verifying size and checksum while streaming.
+
+        A `.part` file left by an interrupted run is resumed with a Range request.
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=0.5, max=10),
+            retry=retry_if_exception_type(_StreamBroken),
+            reraise=False,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._stream_to(url, part, expected, opts, progress)
+        except RetryError as exc:
+            raise FetchError(
+                url, f"download kept breaking off: {exc.last_attempt.exception()}"
+            ) from None
+        os.replace(part, dest)
+
+    def _stream_to(
+        self,
+        url: str,
+        part: Path,
+        expected: Expected,
+        opts: RequestOptions,
+        progress: ProgressCallback | None,
+    ) -> None:
+        digest = new_hash(expected.checksum_type) if expected.checksum_type else None
+        have = part.stat().st_size if part.exists() else 0
+        if expected.size is not None and have > expected.size:
+            have = 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        if url.startswith("file://"):
+            raise FetchError(url, "file:// baseurls are only supported for metadata")
+        try:
+            resp = self.session.get(
+                url, stream=True, timeout=self.timeout, headers=headers, **opts.kwargs()
+            )
+        except requests.RequestException as exc:
+            raise FetchError(url, _describe(exc)) from None
+        with resp:
+            if resp.status_code == 206 and have:
+                mode = "ab"
+                if digest is not None:
+                    with part.open("rb") as fh:  # hash what we already have
+                        while chunk := fh.read(CHUNK):
+                            digest.update(chunk)
+                if progress:
+                    progress(have)
+            elif resp.status_code == 200:  # fresh start, or a server that ignores Range
+                mode, have = "wb", 0
+            elif resp.status_code == 416 and have:  # stale .part: start over
+                part.unlink(missing_ok=True)
+                raise _StreamBroken("stale partial download")
+            else:
+                raise FetchError(url, f"HTTP {resp.status_code}")
+            written = have
+            try:
+                with part.open(mode) as out:
+                    for chunk in resp.iter_content(CHUNK):
+                        written += len(chunk)
+                        if expected.size is not None and written > expected.size:
+                            part.unlink(missing_ok=True)
+                            raise ChecksumMismatch(
+                                url, f"larger than the expected {expected.size} bytes"
+                            )
+                        out.write(chunk)
+                        if digest is not None:
+                            digest.update(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                raise _StreamBroken(_describe(exc)) from None
+        if expected.size is not None and written < expected.size:
+            raise _StreamBroken(f"got {written} of {expected.size} bytes")
+        if digest is not None and expected.checksum is not None:
+            actual = digest.hexdigest()
+            if actual != expected.checksum.lower():
+                part.unlink(missing_ok=True)
+                raise ChecksumMismatch(
+                    url,
+                    f"{expected.checksum_type} mismatch: want {expected.checksum}, got {actual}",
+                )
+
+
+def _describe(exc: Exception) -> str:
+    """One line for a requests exception, without the nested urllib3 reprs."""
+    text = str(exc)
+    if isinstance(exc, requests.ConnectionError):
+        if "Connection refused" in text:
+            return "connection refused"
+        if "Name or service not known" in text or "getaddrinfo" in text:
+            return "host name not found"
+        if "timed out" in text.lower():
+            return "timed out"
+        return "connection failed"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return text.splitlines()[0][:200]

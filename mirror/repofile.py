@@ -1,0 +1,231 @@
+"""Upstream repository definitions in dnf `.repo` syntax, and their expansion per variable value.
+
+A definition whose baseurl uses `$releasever`/`$basearch` becomes one *target* per combination
+of configured values; each target is synced and published on its own
+(`/repos/docker-ce-stable/9/x86_64/`).
+"""
+
+from __future__ import annotations
+
+import configparser
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.config import Config
+from mirror.errors import ConfigError
+
+# The variables we substitute. dnf knows more ($arch, $releasever_major, ...); an upstream
+# definition using one of those gets a clear error instead of a silently wrong URL.
+SUPPORTED_VARS = ("releasever", "basearch")
+_VAR_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_TRUE = {"1", "yes", "true", "on", "True"}
+_FALSE = {"0", "no", "false", "off", "False"}
+
+
+@dataclass(frozen=True)
+class RepoDefinition:
+    """One enabled [section] of an upstream .repo file, as the upstream wrote it."""
+
+    id: str
+    name: str
+    baseurls: tuple[str, ...]
+    gpgkeys: tuple[str, ...]
+    gpgcheck: bool
+    repo_gpgcheck: bool
+    exclude: tuple[str, ...]
+    sslverify: bool
+    proxy: str | None
+    username: str | None
+    password: str | None
+    source: Path
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """Variables used in baseurl, in order of first appearance (= publish path order)."""
+        seen: list[str] = []
+        for url in self.baseurls:
+            for name in variables_in(url):
+                if name not in seen:
+                    seen.append(name)
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class RepoTarget:
+    """A definition with its variables bound: the unit that is synced and published."""
+
+    definition: RepoDefinition
+    values: tuple[tuple[str, str], ...]  # (variable, value) in publish-path order
+
+    @property
+    def repo_id(self) -> str:
+        return self.definition.id
+
+    @property
+    def subpath(self) -> tuple[str, ...]:
+        return (self.definition.id, *(v for _, v in self.values))
+
+    @property
+    def key(self) -> str:
+        """Stable name, also the URL path under /repos/: 'docker-ce-stable/9/x86_64'."""
+        return "/".join(self.subpath)
+
+    @property
+    def baseurls(self) -> tuple[str, ...]:
+        return tuple(expand(u, dict(self.values)) for u in self.definition.baseurls)
+
+    @property
+    def gpgkeys(self) -> tuple[str, ...]:
+        return tuple(expand(u, dict(self.values)) for u in self.definition.gpgkeys)
+
+
+def variables_in(text: str) -> list[str]:
+    return [m.group(1) or m.group(2) for m in _VAR_RE.finditer(text)]
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        return values[match.group(1) or match.group(2)]
+
+    return _VAR_RE.sub(repl, text)
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    # dnf accepts whitespace, newlines and commas between list items.
+    return tuple(item for item in re.split(r"[\s,]+", value.strip()) if item)
+
+
+def _bool(source: str, key: str, value: str | None, default: bool) -> bool:
+    if value is None:
+        return default
+    value = value.strip()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(source, f"key '{key}': expected 1/0, yes/no or true/false, got {value!r}")
+
+
+def parse_repo_file(path: Path) -> list[RepoDefinition]:
+    """Parse one .repo file; return its enabled sections. Errors name the file and line/key."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            parser.read_file(fh, source=str(path))
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0] if exc.errors else (0, "")
+        raise ConfigError(f"{path}: line {lineno}", f"cannot parse {line.strip()!r}") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(
+            f"{path}: line {exc.lineno}", "expected a [repo-id] section header"
+        ) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(
+            f"{path}: line {exc.lineno}", f"duplicate section [{exc.section}]"
+        ) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(
+            f"{path}: line {exc.lineno}", f"duplicate key '{exc.option}' in [{exc.section}]"
+        ) from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), str(exc).splitlines()[0]) from None
+
+    result = []
+    for section in parser.sections():
+        src = f"{path}: [{section}]"
+        opts = parser[section]
+        if not _bool(src, "enabled", opts.get("enabled"), True):
+            continue
+        if not _REPO_ID_RE.match(section):
+            raise ConfigError(src, "repo id may only contain letters, digits and _.:-")
+        if "baseurl" not in opts:
+            if "mirrorlist" in opts or "metalink" in opts:
+                raise ConfigError(src, "mirrorlist/metalink are not supported; set baseurl")
+            raise ConfigError(src, "key 'baseurl' is missing")
+        baseurls = _split_list(opts["baseurl"])
+        if not baseurls:
+            raise ConfigError(src, "key 'baseurl' is empty")
+        for url in baseurls:
+            if not url.startswith(("http://", "https://", "file://")):
+                raise ConfigError(src, f"key 'baseurl': unsupported URL {url!r}")
+        gpgkeys = _split_list(opts.get("gpgkey", ""))
+        for text in (*baseurls, *gpgkeys):
+            for var in variables_in(text):
+                if var not in SUPPORTED_VARS:
+                    raise ConfigError(
+                        src, f"variable ${var} is not supported (only $releasever, $basearch)"
+                    )
+        gpgcheck = _bool(src, "gpgcheck", opts.get("gpgcheck"), False)
+        repo_gpgcheck = _bool(src, "repo_gpgcheck", opts.get("repo_gpgcheck"), False)
+        if (gpgcheck or repo_gpgcheck) and not gpgkeys:
+            raise ConfigError(src, "gpgcheck/repo_gpgcheck is on but key 'gpgkey' is missing")
+        result.append(
+            RepoDefinition(
+                id=section,
+                name=opts.get("name", section).strip(),
+                baseurls=baseurls,
+                gpgkeys=gpgkeys,
+                gpgcheck=gpgcheck,
+                repo_gpgcheck=repo_gpgcheck,
+                exclude=_split_list(opts.get("exclude", opts.get("excludepkgs", ""))),
+                sslverify=_bool(src, "sslverify", opts.get("sslverify"), True),
+                proxy=(opts.get("proxy") or "").strip() or None,
+                username=(opts.get("username") or "").strip() or None,
+                password=opts.get("password"),
+                source=path,
+            )
+        )
+    return result
+
+
+def load_definitions(cfg: Config) -> list[RepoDefinition]:
+    """All enabled sections of repos_dir/*.repo, in file then section order."""
+    repos_dir = cfg.repos_dir
+    if not repos_dir.is_dir():
+        raise ConfigError(
+            str(cfg.config_path or "config"), f"key 'repos_dir': {repos_dir} is not a directory"
+        )
+    definitions: list[RepoDefinition] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(repos_dir.glob("*.repo")):
+        for definition in parse_repo_file(path):
+            if definition.id in seen:
+                raise ConfigError(
+                    f"{path}: [{definition.id}]", f"repo id also defined in {seen[definition.id]}"
+                )
+            seen[definition.id] = path
+            definitions.append(definition)
+    unknown = set(cfg.repo_filters) - set(seen)
+    if unknown:
+        raise ConfigError(
+            str(cfg.config_path or "config"),
+            f"key 'repo_filters.{sorted(unknown)[0]}': no enabled repo with that id in {repos_dir}",
+        )
+    return definitions
+
+
+def expand_targets(definitions: Iterable[RepoDefinition], cfg: Config) -> list[RepoTarget]:
+    values: dict[str, Sequence[str]] = {"releasever": cfg.releasever, "basearch": cfg.basearch}
+    targets = []
+    for definition in definitions:
+        names = definition.variables
+        for combo in itertools.product(*(values[n] for n in names)):
+            targets.append(RepoTarget(definition, tuple(zip(names, combo, strict=True))))
+    return targets
+
+
+def select_targets(targets: Sequence[RepoTarget], repo_ids: Sequence[str]) -> list[RepoTarget]:
+    """Restrict to `--repo` ids; an unknown id is an error rather than a silent no-op."""
+    if not repo_ids:
+        return list(targets)
+    known = {t.repo_id for t in targets}
+    for rid in repo_ids:
+        if rid not in known:
+            raise ConfigError(
+                f"--repo {rid}", f"no enabled repo with that id (known: {', '.join(sorted(known))})"
+            )
+    return [t for t in targets if t.repo_id in repo_ids]

@@ -1,0 +1,25 @@
+"""The web service: `create_app(config)` is the Flask app factory used by gunicorn and tests."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from mirror.config import Config
+from mirror.repofile import load_definitions
+
+
+def create_app(cfg: Config) -> Flask:
+    app = Flask(__name__)
+    app.config["MIRROR"] = cfg
+    # Definitions are read once: the .repo files we hand out describe what the config
+    # declared when the service started (restart after editing repos/, like any daemon).
+    app.config["MIRROR_REPOS"] = load_definitions(cfg)
+    from mirror.web import repos
+
+    app.register_blueprint(repos.bp)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

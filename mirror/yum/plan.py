@@ -1,0 +1,80 @@
+"""Stage 4 of a repo sync: decide which packages to publish and which must be downloaded."""
+
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from rpm_vercmp import vercmp
+
+from mirror.config import RepoFilter
+from mirror.http import file_matches
+from mirror.yum.metadata import PackageRef
+
+
+@dataclass(frozen=True)
+class Plan:
+    selected: tuple[PackageRef, ...]  # what the published repo will hold
+    to_download: tuple[PackageRef, ...]  # the subset not yet present with the right checksum
+    filtered: bool  # True when metadata must be regenerated (subset of upstream)
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(p.size for p in self.to_download)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.size for p in self.selected)
+
+
+def _names(pkg: PackageRef) -> tuple[str, ...]:
+    return (
+        pkg.name,
+        f"{pkg.name}-{pkg.version}",
+        f"{pkg.name}-{pkg.version}-{pkg.release}",
+        f"{pkg.name}-{pkg.version}-{pkg.release}.{pkg.arch}",
+    )
+
+
+def _matches(pkg: PackageRef, patterns: Sequence[str]) -> bool:
+    return any(fnmatchcase(n, pat) for pat in patterns for n in _names(pkg))
+
+
+def _evr_cmp(a: PackageRef, b: PackageRef) -> int:
+    for x, y in ((a.epoch, b.epoch), (a.version, b.version), (a.release, b.release)):
+        result = int(vercmp(x or "0", y or "0"))
+        if result:
+            return result
+    return 0
+
+
+def apply_filter(packages: Sequence[PackageRef], rule: RepoFilter | None) -> list[PackageRef]:
+    """include/exclude globs, then keep the `newest` N versions of each name and arch."""
+    if rule is None:
+        return list(packages)
+    chosen = [
+        p
+        for p in packages
+        if (not rule.include or _matches(p, rule.include)) and not _matches(p, rule.exclude)
+    ]
+    if rule.newest is None:
+        return chosen
+    by_name: dict[tuple[str, str], list[PackageRef]] = defaultdict(list)
+    for pkg in chosen:
+        by_name[(pkg.name, pkg.arch)].append(pkg)
+    keep: set[int] = set()
+    for group in by_name.values():
+        group.sort(key=functools.cmp_to_key(_evr_cmp), reverse=True)
+        keep.update(id(p) for p in group[: rule.newest])
+    return [p for p in chosen if id(p) in keep]
+
+
+def make_plan(packages: Sequence[PackageRef], rule: RepoFilter | None, published_dir: Path) -> Plan:
+    """Packages already on disk with the right checksum are not downloaded again."""
+    selected = apply_filter(packages, rule)
+    missing = tuple(p for p in selected if not file_matches(published_dir / p.href, p.expected))
+    return Plan(selected=tuple(selected), to_download=missing, filtered=rule is not None)

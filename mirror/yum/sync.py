@@ -1,0 +1,223 @@
+"""A repo sync as named stages: fetch metadata -> plan -> download -> publish.
+
+Data flows one way: each stage takes what the previous one returned. A failure in any stage
+raises a RepoSyncError for that target; its published copy is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror import gpg, state
+from mirror.config import Config
+from mirror.errors import MirrorError, RepoSyncError
+from mirror.http import Fetcher, FetchError, RequestOptions
+from mirror.progress import human_bytes
+from mirror.repofile import RepoTarget
+from mirror.yum import publish
+from mirror.yum.download import download_packages
+from mirror.yum.metadata import (
+    REPOMD,
+    UpstreamMetadata,
+    fetch_metadata_files,
+    fetch_repomd,
+    join_url,
+    parse_packages,
+    parse_repomd,
+)
+from mirror.yum.plan import Plan, make_plan
+
+log = logging.getLogger("mirror.yum")
+
+
+@dataclass(frozen=True)
+class RepoResult:
+    key: str
+    changed: bool
+    packages: int = 0
+    downloaded: int = 0
+    downloaded_bytes: int = 0
+    error: str | None = None
+    fingerprint: str | None = None  # of what is now published; see _fingerprint
+
+
+def _options(target: RepoTarget) -> RequestOptions:
+    d = target.definition
+    return RequestOptions(d.sslverify, d.proxy, d.username, d.password)
+
+
+def key_path(cfg: Config, repo_id: str) -> Path:
+    return cfg.keys_root / f"{repo_id}.gpg"
+
+
+def fetch_keys(target: RepoTarget, fetcher: Fetcher, opts: RequestOptions) -> bytes:
+    """All gpgkey URLs of the target, concatenated; each must hold at least one public key."""
+    blobs = []
+    for url in target.gpgkeys:
+        try:
+            blob = fetcher.get_bytes(url, opts, limit=1024 * 1024)
+        except FetchError as exc:
+            raise RepoSyncError(target.key, f"cannot fetch gpgkey: {exc}", exc.url) from None
+        if not gpg.key_fingerprints(blob):
+            raise RepoSyncError(target.key, "gpgkey holds no OpenPGP public key", url)
+        blobs.append(blob.rstrip(b"\n") + b"\n")
+    return b"".join(blobs)
+
+
+def _fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
+    """Identifies what a published copy was made from: upstream repomd.xml and our filter."""
+    rule = cfg.repo_filters.get(target.repo_id)
+    text = hashlib.sha256(repomd).hexdigest() + "|" + (rule.model_dump_json() if rule else "")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool) -> RepoResult:
+    d = target.definition
+    opts = _options(target)
+    published = cfg.repos_root.joinpath(*target.subpath)
+    staging = cfg.data_dir / ".staging" / "repos" / target.key
+    previous = state.load(cfg.state_root, "repos", target.key)
+    keyfile = key_path(cfg, d.id)
+
+    # Stage 1: repomd.xml. When it is what we published from last time, we are done.
+    baseurl, repomd = fetch_repomd(target.key, target.baseurls, fetcher, opts)
+    fingerprint = _fingerprint(repomd, cfg, target)
+    up_to_date = (
+        previous.fingerprint == fingerprint
+        and (published / REPOMD).exists()
+        and (keyfile.exists() or not target.gpgkeys)
+    )
+    if up_to_date:
+        log.info("%s: unchanged upstream, nothing to do", target.key)
+        return RepoResult(target.key, False, previous.packages or 0, fingerprint=fingerprint)
+
+    keys = fetch_keys(target, fetcher, opts) if target.gpgkeys else b""
+    signature = None
+    if d.repo_gpgcheck:
+        sig_url = join_url(baseurl, REPOMD + ".asc")
+        try:
+            signature = fetcher.get_bytes(sig_url, opts, limit=1024 * 1024)
+            gpg.verify_detached(repomd, signature, keys)
+        except FetchError as exc:
+            raise RepoSyncError(
+                target.key, f"repo_gpgcheck: cannot fetch repomd.xml.asc: {exc}", sig_url
+            ) from None
+        except gpg.SignatureError as exc:
+            raise RepoSyncError(
+                target.key, f"repo_gpgcheck: repomd.xml.asc: {exc}", sig_url
+            ) from None
+
+    # Stages 2-3: metadata files, verified; then the package list.
+    meta_dir = staging / "meta"
+    if meta_dir.exists():
+        shutil.rmtree(meta_dir)
+    records = parse_repomd(target.key, repomd, meta_dir)
+    meta = UpstreamMetadata(baseurl, repomd, signature, records, meta_dir)
+    fetch_metadata_files(target.key, meta, fetcher, opts)
+    packages = parse_packages(target.key, meta)
+
+    # Stage 4: plan.
+    plan = make_plan(packages, cfg.repo_filters.get(d.id), published)
+    log.info(
+        "%s: %d packages upstream, %d selected, %d to download (%s)",
+        target.key,
+        len(packages),
+        len(plan.selected),
+        len(plan.to_download),
+        human_bytes(plan.download_bytes),
+    )
+    if dry_run:
+        for pkg in plan.to_download:
+            log.info("%s: would download %s", target.key, pkg.href)
+        return RepoResult(
+            target.key, True, len(plan.selected), len(plan.to_download), plan.download_bytes
+        )
+
+    # Stage 5: download into staging.
+    pkg_staging = staging / "packages"
+    download_packages(
+        target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts, cfg.download_workers
+    )
+
+    # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
+    _publish(cfg, target, meta, plan, keys, published, staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    return RepoResult(
+        target.key,
+        True,
+        len(plan.selected),
+        len(plan.to_download),
+        plan.download_bytes,
+        fingerprint=fingerprint,
+    )
+
+
+def _publish(
+    cfg: Config,
+    target: RepoTarget,
+    meta: UpstreamMetadata,
+    plan: Plan,
+    keys: bytes,
+    published: Path,
+    staging: Path,
+) -> None:
+    if keys:
+        publish.atomic_write(key_path(cfg, target.repo_id), keys)
+    publish.move_packages(plan.to_download, staging / "packages", published)
+    if plan.filtered:
+        generated = staging / "generated"
+        repomd, hrefs = publish.generate_filtered_metadata(
+            target.key, meta, plan.selected, generated
+        )
+        publish.switch_metadata(published, generated, hrefs, repomd, None)
+    else:
+        hrefs = [r.href for r in meta.records]
+        publish.switch_metadata(published, meta.staging, hrefs, meta.repomd, meta.repomd_asc)
+    removed = publish.prune(published, plan.selected, hrefs)
+    if removed:
+        log.info("%s: removed %d files no longer in the repo", target.key, removed)
+
+
+def sync_repos(
+    cfg: Config, targets: Sequence[RepoTarget], fetcher: Fetcher, dry_run: bool = False
+) -> list[RepoResult]:
+    """Sync every target; one failing does not stop the others."""
+    results = []
+    for target in targets:
+        started = time.monotonic()
+        record = state.load(cfg.state_root, "repos", target.key)
+        record.upstream = target.baseurls[0]
+        record.last_attempt = state.now_iso()
+        try:
+            result = sync_target(cfg, target, fetcher, dry_run)
+        except MirrorError as exc:
+            log.error("%s", exc)
+            result = RepoResult(target.key, changed=False, error=str(exc))
+            record.last_error = str(exc)
+        except OSError as exc:  # disk full, permissions: name the repo, keep going
+            message = f"repo {target.key}: {exc.strerror or exc} ({exc.filename or ''})"
+            log.error("%s", message)
+            result = RepoResult(target.key, changed=False, error=message)
+            record.last_error = message
+        else:
+            if not dry_run:
+                record.fingerprint = result.fingerprint
+                record.last_success = state.now_iso()
+                record.last_error = None
+                record.packages = result.packages
+                if result.changed:
+                    published = cfg.repos_root.joinpath(*target.subpath)
+                    record.bytes = sum(
+                        f.stat().st_size for f in published.rglob("*.rpm") if f.is_file()
+                    )
+        record.duration_s = round(time.monotonic() - started, 3)
+        if not dry_run:
+            state.save(cfg.state_root, "repos", record)
+        results.append(result)
+    return results
