@@ -111,6 +111,7 @@ class Mirror:
     repo_gpgcheck: bool = True
     basearch: tuple[str, ...] = ("x86_64", "aarch64")
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)
 
     @property
     def config(self) -> Path:
@@ -150,19 +151,30 @@ class Mirror:
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "mirror", "-c", str(self.config), *args],
-            capture_output=True, text=True, timeout=timeout, cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.dir,
         )
 
     def sync(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run("sync", *args)
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mirror", "-c", str(self.config), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.dir,
-            start_new_session=True,
-        )
+        """A background `mirror` process. Its output goes to a log file, never to a pipe:
+        an undrained pipe blocks gunicorn's access log after 64 KiB."""
+        log = self.dir / f"{args[0]}-{len(self.procs)}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mirror", "-c", str(self.config), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=self.dir,
+                start_new_session=True,
+            )
         self.procs.append(proc)
+        self.logs[proc.pid] = log
         return proc
 
     def serve(self) -> subprocess.Popen[str]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import html
+import mimetypes
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, request, send_from_directory
+from flask import Blueprint, Response, abort, current_app, request
 from werkzeug.security import safe_join
+from werkzeug.wsgi import wrap_file
 
 from mirror.config import Config
 from mirror.repofile import RepoDefinition
@@ -39,11 +43,37 @@ def repo_tree(subpath: str) -> Response:
         return _listing(path, request.path)
     if not path.is_file() or path.name.endswith((".part",)) or path.name.startswith("."):
         abort(404)
-    # conditional=True gives Range, ETag, Last-Modified and 304s; under gunicorn the file
-    # goes out through wsgi.file_wrapper, i.e. sendfile(2), when no range is asked for.
-    resp = send_from_directory(root, subpath, conditional=True, max_age=0)
+    resp = send_consistent(path)
     if path.name == "repomd.xml" or path.name.startswith("repomd.xml."):
         resp.headers["Cache-Control"] = "no-cache"  # the one file that changes in place
+    return resp
+
+
+def send_consistent(path: Path, mimetype: str | None = None) -> Response:
+    """Send a file whose headers and body are guaranteed to describe the same inode.
+
+    werkzeug's send_file stats the path and then opens it; when publish renames a new
+    repomd.xml into place between the two, Content-Length belongs to one file and the body
+    to another, and the client hangs waiting for bytes. Opening first and fstat-ing the
+    open file closes that gap. Range, ETag, Last-Modified and 304s come from
+    make_conditional; under gunicorn the body goes out via wsgi.file_wrapper (sendfile).
+    """
+    try:
+        fh = path.open("rb")
+    except (FileNotFoundError, IsADirectoryError):
+        abort(404)
+    st = os.fstat(fh.fileno())
+    guessed = mimetype or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if path.suffix == ".gz":  # never let a client transparently gunzip repodata
+        guessed = "application/gzip"
+    resp = current_app.response_class(
+        wrap_file(request.environ, fh), mimetype=guessed, direct_passthrough=True
+    )
+    resp.content_length = st.st_size
+    resp.last_modified = datetime.fromtimestamp(st.st_mtime, UTC)
+    resp.set_etag(f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}")
+    resp.cache_control.no_cache = True
+    resp.make_conditional(request.environ, accept_ranges=True, complete_length=st.st_size)
     return resp
 
 
@@ -86,6 +116,4 @@ def one_repofile(repo_id: str) -> Response:
 def repo_key(repo_id: str) -> Response:
     if not any(d.id == repo_id for d in _definitions()):
         abort(404)
-    return send_from_directory(
-        _cfg().keys_root, f"{repo_id}.gpg", conditional=True, mimetype="application/pgp-keys"
-    )
+    return send_consistent(_cfg().keys_root / f"{repo_id}.gpg", "application/pgp-keys")

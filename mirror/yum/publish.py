@@ -4,7 +4,9 @@ Order matters for nodes running dnf while we publish:
 1. new packages are moved in (new paths appear; nothing old disappears);
 2. metadata files are moved in (upstream names them by checksum, so old ones stay valid);
 3. repomd.xml.asc, then repomd.xml are renamed into place: the switch;
-4. only then are packages and metadata files the new repomd.xml no longer names removed.
+4. only then are packages the new repomd.xml no longer names removed, and metadata files
+   named by neither the new nor the previous repomd.xml (a client that read the previous
+   one just before the switch still finds every file it names).
 A client therefore reads either the old or the new complete repo. The one unavoidable gap
 is between the two requests dnf makes for repomd.xml and repomd.xml.asc.
 """
@@ -112,6 +114,21 @@ def switch_metadata(
     if signature is None:
         # A stale signature of an older repomd.xml would fail every repo_gpgcheck client.
         (target / SIGNATURE).unlink(missing_ok=True)
+
+
+def live_metadata(target: Path) -> list[str]:
+    """Metadata files the currently published repomd.xml names ([] when nothing is published).
+
+    They are kept for one more generation: a node that read the old repomd.xml a moment
+    before the switch can still fetch the primary/filelists it names.
+    """
+    path = target / REPOMD
+    if not path.is_file():
+        return []
+    try:
+        return [r.location_href for r in cr.Repomd(str(path)).records]
+    except Exception:  # an unreadable old repomd.xml is replaced anyway
+        return []
 
 
 def prune(target: Path, keep_packages: Iterable[PackageRef], keep_metadata: Iterable[str]) -> int:

@@ -169,6 +169,7 @@ def _publish(
 ) -> None:
     if keys:
         publish.atomic_write(key_path(cfg, target.repo_id), keys)
+    previous_metadata = publish.live_metadata(published)
     publish.move_packages(plan.to_download, staging / "packages", published)
     if plan.filtered:
         generated = staging / "generated"
@@ -179,7 +180,7 @@ def _publish(
     else:
         hrefs = [r.href for r in meta.records]
         publish.switch_metadata(published, meta.staging, hrefs, meta.repomd, meta.repomd_asc)
-    removed = publish.prune(published, plan.selected, hrefs)
+    removed = publish.prune(published, plan.selected, [*hrefs, *previous_metadata])
     if removed:
         log.info("%s: removed %d files no longer in the repo", target.key, removed)
 
