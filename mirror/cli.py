@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from functools import wraps
 from typing import Any, TypeVar
@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 import click
 from filelock import FileLock, Timeout
 
-from mirror import state
+from mirror import kubeadm_images, nodeconfig, state
 from mirror.config import Config, config_path_from_env, load_config
 from mirror.errors import EXIT_OK, EXIT_SYNC_FAILED, LockedError, MirrorError
 from mirror.http import Fetcher
+from mirror.images.refs import ImageJob, plan_jobs
 from mirror.progress import human_bytes
-from mirror.repofile import expand_targets, load_definitions, select_targets
+from mirror.repofile import RepoTarget, expand_targets, load_definitions, select_targets
 from mirror.yum.sync import sync_repos
 
 log = logging.getLogger("mirror")
@@ -104,32 +105,19 @@ def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
 @click.pass_obj
 @_handle_errors
 def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) -> None:
-    """Mirror the configured yum repositories (and images)."""
+    """Mirror the configured yum repositories and container images."""
     cfg = obj.cfg
-    failures: list[str] = []
     # Validate everything requested before taking the lock or touching the network.
     targets = []
     if only in (None, "repos"):
         targets = select_targets(expand_targets(load_definitions(cfg), cfg), repo_ids)
+    jobs = nodeconfig.image_jobs(cfg) if only in (None, "images") and not repo_ids else []
+    failures: list[str] = []
     with sync_lock(cfg):
         if targets:
-            fetcher = Fetcher(
-                pool_size=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
-            )
-            try:
-                results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
-            finally:
-                fetcher.close()
-            failures += [r.error for r in results if r.error]
-            ok = [r for r in results if not r.error]
-            changed = sum(1 for r in ok if r.changed)
-            log.info(
-                "repos: %d ok (%d changed, %d unchanged), %d failed",
-                len(ok),
-                changed,
-                len(ok) - changed,
-                len(results) - len(ok),
-            )
+            failures += _sync_repos(cfg, targets, dry_run)
+        if jobs:
+            failures += _sync_images(cfg, jobs, dry_run)
     if failures:
         click.echo(f"mirror sync: {len(failures)} failed:", err=True)
         for line in failures:
@@ -138,18 +126,111 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
     sys.exit(EXIT_OK)
 
 
+def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[str]:
+    fetcher = Fetcher(
+        pool_size=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
+    )
+    try:
+        results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
+    finally:
+        fetcher.close()
+    ok = [r for r in results if not r.error]
+    changed = sum(1 for r in ok if r.changed)
+    log.info(
+        "repos: %d ok (%d changed, %d unchanged), %d failed",
+        len(ok),
+        changed,
+        len(ok) - changed,
+        len(results) - len(ok),
+    )
+    return [r.error for r in results if r.error]
+
+
+def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[str]:
+    from mirror.images.registry import ensure_registry
+    from mirror.images.sync import sync_images
+
+    try:
+        # A sync from cron must not fail because the web service (and with it the
+        # embedded registry) is down: ensure_registry starts it for the duration.
+        with ensure_registry(cfg):
+            results = sync_images(cfg, jobs, dry_run=dry_run)
+    except MirrorError as exc:  # registry missing or unreachable: every image failed
+        log.error("%s", exc)
+        return [f"images: {exc}"]
+    ok = [r for r in results if not r.error]
+    changed = sum(1 for r in ok if r.changed)
+    log.info(
+        "images: %d ok (%d copied, %d unchanged), %d failed",
+        len(ok),
+        changed,
+        len(ok) - changed,
+        len(results) - len(ok),
+    )
+    return [r.error for r in results if r.error]
+
+
 @main.command()
 @click.option("--bind", default="0.0.0.0:8080", show_default=True, metavar="HOST:PORT")
 @click.option("--workers", default=4, show_default=True, type=int)
 @click.pass_obj
 @_handle_errors
 def serve(obj: _Ctx, bind: str, workers: int) -> None:
-    """Serve repos, .repo files, keys and node configs over HTTP (gunicorn)."""
+    """Serve repos, .repo files, keys and node configs over HTTP (gunicorn).
+
+    With registry.embedded, also runs the registry when nothing answers on registry.url yet,
+    and stops it again on exit.
+    """
+    from mirror.images.registry import ensure_registry
     from mirror.web.server import serve as run_server
 
     cfg = obj.cfg
     load_definitions(cfg)  # fail here, with the config error, not inside a gunicorn worker
-    run_server(cfg, bind, workers=workers)
+    with ExitStack() as stack:
+        if cfg.registry.embedded:
+            try:
+                stack.enter_context(ensure_registry(cfg))
+            except MirrorError as exc:
+                # Repos are still worth serving; the status page shows the registry down.
+                log.error("embedded registry not started: %s", exc)
+        run_server(cfg, bind, workers=workers)
+
+
+@main.command()
+@click.pass_obj
+@_handle_errors
+def registry(obj: _Ctx) -> None:
+    """Run the embedded registry in the foreground (for mirror-registry.service)."""
+    from mirror.images.registry import run_foreground
+
+    sys.exit(run_foreground(obj.cfg))
+
+
+@main.group()
+def images() -> None:
+    """Container image lists."""
+
+
+@images.command("list")
+@click.option("--kubernetes-version", "version", metavar="V", help="e.g. v1.28.4")
+@click.option("--mirrored", is_flag=True, help="Names in the local registry instead.")
+@click.pass_obj
+@_handle_errors
+def images_list(obj: _Ctx, version: str | None, mirrored: bool) -> None:
+    """Images kubeadm needs for V (as `kubeadm config images list` prints them)."""
+    if version is not None and not mirrored:
+        # Needs no config at all: the table is compiled in.
+        for ref in kubeadm_images.image_set(version).images():
+            click.echo(ref)
+        return
+    cfg = obj.cfg
+    if version is not None:
+        jobs = plan_jobs(cfg.registry.url, [kubeadm_images.normalize_version(version)], [])
+    else:
+        jobs = nodeconfig.image_jobs(cfg)
+    for job in jobs:
+        for name in job.destinations if mirrored else [job.source.upstream]:
+            click.echo(name)
 
 
 @main.command()

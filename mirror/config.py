@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mirror.errors import ConfigError
+from mirror.errors import ConfigError, UnknownKubernetesVersion
 
 DEFAULT_CONFIG_NAME = "mirror.yaml"
 
@@ -75,6 +75,20 @@ class Config(_Frozen):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("kubernetes_versions")
+    @classmethod
+    def _known_versions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from mirror import kubeadm_images  # the table is large; only import when used
+
+        out = []
+        for text in value:
+            try:
+                kubeadm_images.image_set(text)
+            except UnknownKubernetesVersion as exc:
+                raise ValueError(str(exc)) from None
+            out.append(kubeadm_images.normalize_version(text))
+        return tuple(out)
 
     @field_validator("releasever", "basearch")
     @classmethod

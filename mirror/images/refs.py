@@ -1,0 +1,163 @@
+"""Image references: docker-style normalization, images.txt, and the names in our registry.
+
+Naming rule in the local registry: `<registry.url>/<upstream-host>/<path>:<tag>`, e.g.
+`utility:5000/docker.io/calico/node:v3.26.1`. Containerd and CRI-O then map a pull of
+`docker.io/calico/node:v3.26.1` to it with a per-host path prefix, so unmodified
+manifests keep working.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror import kubeadm_images
+from mirror.errors import ConfigError
+
+DOCKER_HUB = "docker.io"
+_DOCKER_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+# distribution/reference grammar, simplified: lowercase path components, tag, digest.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_HOST_RE = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]+)?$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+
+class BadReference(ValueError):
+    pass
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    host: str
+    path: str
+    tag: str | None
+    digest: str | None = None
+
+    @property
+    def repository(self) -> str:
+        return f"{self.host}/{self.path}"
+
+    @property
+    def upstream(self) -> str:
+        """Fully qualified reference as given (tag and/or digest)."""
+        return self.repository + self._suffix
+
+    @property
+    def _suffix(self) -> str:
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+    def mirrored(self, registry: str, path: str | None = None) -> str:
+        """Where the image lives in our registry; tagged refs keep the tag only, since a
+        registry cannot be pushed to by digest (the digest is preserved by the copy)."""
+        name = f"{registry.rstrip('/')}/{self.host}/{path or self.path}"
+        if self.tag:
+            return f"{name}:{self.tag}"
+        return f"{name}@{self.digest}"
+
+    def __str__(self) -> str:
+        return self.upstream
+
+
+def parse_reference(text: str) -> ImageRef:
+    """Parse a reference the way docker does: `nginx:1.25` is docker.io/library/nginx:1.25."""
+    ref = text.strip()
+    if not ref or any(c.isspace() for c in ref):
+        raise BadReference(f"not an image reference: {text!r}")
+    name, digest = ref, None
+    if "@" in ref:
+        name, digest = ref.split("@", 1)
+        if not _DIGEST_RE.match(digest):
+            raise BadReference(f"bad digest {digest!r} (expected sha256:<64 hex digits>)")
+    tag = None
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+        if not _TAG_RE.match(tag):
+            raise BadReference(f"bad tag {tag!r}")
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        host, path = parts[0], "/".join(parts[1:])
+        if not _HOST_RE.match(host):
+            raise BadReference(f"bad registry host {host!r}")
+    else:
+        host, path = DOCKER_HUB, name
+    if host in _DOCKER_ALIASES:
+        host = DOCKER_HUB
+    if host == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if not _PATH_RE.match(path):
+        raise BadReference(f"bad repository name {path!r} (lowercase letters, digits, ._-/)")
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef(host, path, tag, digest)
+
+
+def parse_images_file(path: Path) -> list[ImageRef]:
+    """One reference per line; `#` comments and blank lines allowed. Errors name the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "images file not found (key 'images_file')") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from None
+    refs: list[ImageRef] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            refs.append(parse_reference(text))
+        except BadReference as exc:
+            raise ConfigError(f"{path}: line {number}", str(exc)) from None
+    return refs
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One upstream image and every name it must have in our registry."""
+
+    source: ImageRef
+    destinations: tuple[str, ...]
+
+
+def kubeadm_refs(version: str) -> list[ImageRef]:
+    return [parse_reference(r) for r in kubeadm_images.image_set(version).images()]
+
+
+def coredns_alias(ref: ImageRef) -> str | None:
+    """kubeadm asks a non-default imageRepository for `<repo>/coredns:<tag>` while upstream
+    names it `registry.k8s.io/coredns/coredns:<tag>` (cmd/kubeadm/app/images/images.go,
+    GetDNSImage), so the mirror serves it under both names."""
+    if ref.host == kubeadm_images.DEFAULT_IMAGE_REPOSITORY and ref.path == "coredns/coredns":
+        return "coredns"
+    return None
+
+
+def plan_jobs(
+    registry: str, kubernetes_versions: Sequence[str], extra: Iterable[ImageRef]
+) -> list[ImageJob]:
+    """The kubeadm image set of each version plus images.txt, deduplicated, in that order."""
+    seen: dict[str, ImageJob] = {}
+    refs = [r for v in kubernetes_versions for r in kubeadm_refs(v)] + list(extra)
+    for ref in refs:
+        if ref.upstream in seen:
+            continue
+        dests = [ref.mirrored(registry)]
+        alias = coredns_alias(ref)
+        if alias:
+            dests.append(ref.mirrored(registry, alias))
+        seen[ref.upstream] = ImageJob(ref, tuple(dests))
+    return list(seen.values())
+
+
+def upstream_hosts(jobs: Iterable[ImageJob]) -> list[str]:
+    """Hosts nodes need a mirror entry for; the three usual ones always, in a stable order."""
+    hosts = ["registry.k8s.io", DOCKER_HUB, "quay.io"]
+    for job in jobs:
+        if job.source.host not in hosts:
+            hosts.append(job.source.host)
+    return hosts

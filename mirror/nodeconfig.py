@@ -1,0 +1,184 @@
+"""What cluster nodes are handed: kubeadm config, containerd hosts.toml, CRI-O registries.conf.
+
+Pure functions from the Config (and a Kubernetes version) to text, so the web routes stay
+thin and everything here is unit-testable without a server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import yaml
+
+from mirror import kubeadm_images
+from mirror.config import Config
+from mirror.errors import ConfigError
+from mirror.images.refs import DOCKER_HUB, ImageJob, parse_images_file, plan_jobs, upstream_hosts
+
+CERTS_DIR = "/etc/containerd/certs.d"
+_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
+
+
+def registry_scheme(cfg: Config) -> str:
+    """The embedded registry speaks plain HTTP; an external one (Harbor, Quay) HTTPS."""
+    return "http" if cfg.registry.embedded else "https"
+
+
+def default_version(cfg: Config) -> str:
+    if not cfg.kubernetes_versions:
+        raise ConfigError(str(cfg.config_path or "config"), "key 'kubernetes_versions' is empty")
+    return kubeadm_images.normalize_version(cfg.kubernetes_versions[0])
+
+
+def image_repository(cfg: Config) -> str:
+    """What kubeadm's imageRepository / --image-repository must be."""
+    return f"{cfg.registry.url}/{kubeadm_images.DEFAULT_IMAGE_REPOSITORY}"
+
+
+def pause_image(cfg: Config, version: str) -> str:
+    """The sandbox image by its mirrored name: kubeadm preflight warns unless the runtime's
+    sandbox image is the one under imageRepository."""
+    return f"{image_repository(cfg)}/pause:{kubeadm_images.image_set(version).pause}"
+
+
+def image_jobs(cfg: Config) -> list[ImageJob]:
+    extra = []
+    if cfg.images_file is not None and cfg.images_file.exists():
+        extra = parse_images_file(cfg.images_file)
+    return plan_jobs(cfg.registry.url, cfg.kubernetes_versions, extra)
+
+
+def mirrored_hosts(cfg: Config) -> list[str]:
+    return upstream_hosts(image_jobs(cfg))
+
+
+# --- kubeadm -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """The usual `kubeadm init` settings a user may pass as query parameters."""
+
+    control_plane_endpoint: str | None = None
+    pod_subnet: str | None = None
+    service_subnet: str | None = None
+    cri_socket: str | None = None
+
+    def validate(self) -> None:
+        if self.control_plane_endpoint and not _ENDPOINT_RE.match(self.control_plane_endpoint):
+            raise ValueError("control_plane_endpoint must be HOST or HOST:PORT")
+        for name in ("pod_subnet", "service_subnet"):
+            value = getattr(self, name)
+            if value:
+                for part in value.split(","):  # dual-stack: "10.244.0.0/16,fd00::/56"
+                    try:
+                        ipaddress.ip_network(part.strip())
+                    except ValueError:
+                        raise ValueError(f"{name} must be a CIDR, got {value!r}") from None
+        if self.cri_socket and not self.cri_socket.startswith("unix:///"):
+            raise ValueError("cri_socket must be a unix:/// path")
+
+
+def kubeadm_config(cfg: Config, version: str, settings: InitSettings) -> str:
+    """ClusterConfiguration (+ InitConfiguration when a CRI socket is given) for `version`,
+    in the API version that kubeadm release accepts (v1beta3 < 1.31 <= v1beta4)."""
+    version = kubeadm_images.normalize_version(version)
+    images = kubeadm_images.image_set(version)  # unknown version -> clear error
+    settings.validate()
+    api = kubeadm_images.api_version_for(version)
+    cluster: dict[str, object] = {
+        "apiVersion": api,
+        "kind": "ClusterConfiguration",
+        "kubernetesVersion": images.version,
+        # kubeadm derives every control-plane image, etcd and CoreDNS (as <repo>/coredns)
+        # from this; the mirror holds all of them under these names.
+        "imageRepository": image_repository(cfg),
+    }
+    if settings.control_plane_endpoint:
+        cluster["controlPlaneEndpoint"] = settings.control_plane_endpoint
+    networking = {}
+    if settings.pod_subnet:
+        networking["podSubnet"] = settings.pod_subnet
+    if settings.service_subnet:
+        networking["serviceSubnet"] = settings.service_subnet
+    if networking:
+        cluster["networking"] = networking
+    docs = [cluster]
+    if settings.cri_socket:
+        docs.insert(
+            0,
+            {
+                "apiVersion": api,
+                "kind": "InitConfiguration",
+                "nodeRegistration": {"criSocket": settings.cri_socket},
+            },
+        )
+    header = (
+        f"# kubeadm {api.split('/')[1]} config for Kubernetes {images.version}, images from "
+        f"the mirror.\n# Use: kubeadm init --config config.yaml\n"
+    )
+    return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
+
+
+# --- containerd --------------------------------------------------------------------------
+
+
+def _upstream_server(host: str) -> str:
+    return "https://registry-1.docker.io" if host == DOCKER_HUB else f"https://{host}"
+
+
+def hosts_toml(cfg: Config, host: str) -> str:
+    """containerd's /etc/containerd/certs.d/<host>/hosts.toml: pull `host/x` from the mirror's
+    `<registry>/<host>/x` (override_path, because the path already includes /v2/<host>)."""
+    if not _HOST_RE.match(host):
+        raise ValueError(f"bad registry host {host!r}")
+    scheme = registry_scheme(cfg)
+    lines = [
+        f"# {host}: pulls go to the air-gap mirror at {cfg.registry.url}",
+        f'server = "{_upstream_server(host)}"',
+        "",
+        f'[host."{scheme}://{cfg.registry.url}/v2/{host}"]',
+        '  capabilities = ["pull", "resolve"]',
+        "  override_path = true",
+    ]
+    if scheme == "https" and not cfg.registry.tls_verify:
+        lines.append("  skip_verify = true")
+    return "\n".join(lines) + "\n"
+
+
+# --- CRI-O -------------------------------------------------------------------------------
+
+
+def crio_registries_conf(cfg: Config, hosts: Sequence[str]) -> str:
+    """containers-registries.conf(5) drop-in: each upstream host with the mirror in front."""
+    insecure = "true" if registry_scheme(cfg) == "http" or not cfg.registry.tls_verify else "false"
+    out = [
+        "# Air-gap mirror: install as /etc/containers/registries.conf.d/50-airgap-mirror.conf",
+        "# The pause image setting for CRI-O is served at /crio/crio.conf",
+        "# (install as /etc/crio/crio.conf.d/50-airgap-mirror.conf).",
+        "",
+    ]
+    for host in hosts:
+        out += [
+            "[[registry]]",
+            f'prefix = "{host}"',
+            f'location = "{host}"',
+            "",
+            "[[registry.mirror]]",
+            f'location = "{cfg.registry.url}/{host}"',
+            f"insecure = {insecure}",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def crio_conf(cfg: Config, version: str) -> str:
+    return (
+        "# Air-gap mirror: install as /etc/crio/crio.conf.d/50-airgap-mirror.conf\n"
+        "[crio.image]\n"
+        f'pause_image = "{pause_image(cfg, version)}"\n'
+    )
