@@ -116,13 +116,13 @@ def parse_repo_file(path: Path) -> list[RepoDefinition]:
     try:
         with path.open(encoding="utf-8") as fh:
             parser.read_file(fh, source=str(path))
-    except configparser.ParsingError as exc:
-        lineno, line = exc.errors[0] if exc.errors else (0, "")
-        raise ConfigError(f"{path}: line {lineno}", f"cannot parse {line.strip()!r}") from None
     except configparser.MissingSectionHeaderError as exc:
         raise ConfigError(
             f"{path}: line {exc.lineno}", "expected a [repo-id] section header"
         ) from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0] if exc.errors else (0, "")
+        raise ConfigError(f"{path}: line {lineno}", f"cannot parse {line.strip()!r}") from None
     except configparser.DuplicateSectionError as exc:
         raise ConfigError(
             f"{path}: line {exc.lineno}", f"duplicate section [{exc.section}]"

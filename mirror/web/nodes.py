@@ -81,3 +81,19 @@ def crio_registries() -> Response:
 @bp.get("/crio/crio.conf")
 def crio_conf() -> Response:
     return _text(nodeconfig.crio_conf(_cfg(), _version()), "application/toml")
+
+
+@bp.get("/bootstrap.sh")
+def bootstrap() -> Response:
+    """Node preparation script; `curl -fsS BASE/bootstrap.sh | sudo bash -s -- --runtime ...`."""
+    cfg = _cfg()
+    version = nodeconfig.default_version(cfg) if cfg.kubernetes_versions else ""
+    defs = current_app.config["MIRROR_REPOS"]
+    script = render_template(
+        "bootstrap.sh",
+        base_url=cfg.base_url,
+        kubernetes_version=version,
+        registry=cfg.registry.url,
+        repo_ids=[d.id for d in defs],
+    )
+    return _text(script, "text/x-shellscript")

@@ -1,0 +1,169 @@
+"""Bad input gets one clear line naming file and key (or line), exit code 2, and nothing done."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror.config import Config, load_config
+from mirror.errors import ConfigError
+from mirror.repofile import expand_targets, parse_repo_file
+
+GOOD_REPO = "[base]\nname=Base\nbaseurl=http://127.0.0.1:9/base/$releasever/$basearch/\n"
+
+
+def run_mirror(cwd: Path, *args: str, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "mirror", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env=env,
+    )
+
+
+def write(tmp_path: Path, config: str, repo: str | None = GOOD_REPO) -> Path:
+    (tmp_path / "repos").mkdir(exist_ok=True)
+    if repo is not None:
+        (tmp_path / "repos" / "base.repo").write_text(repo)
+    path = tmp_path / "mirror.yaml"
+    path.write_text(config)
+    return path
+
+
+def assert_one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("config", "needles"),
+    [
+        ("data_dri: ./data\n", ["mirror.yaml", "key 'data_dri'", "unknown key"]),
+        ("download_workers: many\n", ["key 'download_workers'", "integer"]),
+        ("base_url: utility:8080\n", ["key 'base_url'", "http://"]),
+        ("repo_filters:\n  base: {newest: 0}\n", ["key 'repo_filters.base.newest'"]),
+        (
+            "repo_filters:\n  nosuch: {newest: 1}\n",
+            ["key 'repo_filters.nosuch'", "no enabled repo"],
+        ),
+        ("kubernetes_versions: [v1.99.1]\n", ["key 'kubernetes_versions'", "v1.24.0 .."]),
+        ("releasever: []\n", ["key 'releasever'"]),
+        ("data_dir: [unclosed\n", ["mirror.yaml", "line 2"]),
+        ("- just\n- a list\n", ["top level must be a mapping"]),
+    ],
+)
+def test_invalid_config_is_one_clear_line(tmp_path: Path, config: str, needles: list[str]) -> None:
+    cfg = write(tmp_path, config)
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync")
+    assert_one_line_error(proc, *needles)
+    assert not (tmp_path / "data").exists()  # nothing done
+
+
+def test_missing_config_names_the_path_and_the_env_var(tmp_path: Path) -> None:
+    proc = run_mirror(tmp_path, "sync")
+    assert_one_line_error(proc, "mirror.yaml", "not found", "MIRROR_CONFIG")
+
+
+def test_mirror_config_env_var_is_used(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "releasever: [x/y]\n")
+    env = {"MIRROR_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"}
+    proc = run_mirror(tmp_path / "repos", "sync", env=env)
+    assert_one_line_error(proc, str(cfg), "key 'releasever'")
+
+
+def test_missing_repos_dir(tmp_path: Path) -> None:
+    cfg = tmp_path / "mirror.yaml"
+    cfg.write_text("repos_dir: ./nowhere\n")
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync")
+    assert_one_line_error(proc, "key 'repos_dir'", "nowhere", "not a directory")
+
+
+@pytest.mark.parametrize(
+    ("repo", "needles"),
+    [
+        ("baseurl=http://x/\n", ["base.repo", "line 1", "[repo-id] section header"]),
+        ("[base]\nbaseurl=http://x/\n  [oops\nthis is not a key\n", ["base.repo", "line 4"]),
+        ("[base]\nbaseurl=http://x/\nbaseurl=http://y/\n", ["line 3", "duplicate key 'baseurl'"]),
+        ("[base]\nname=B\n", ["[base]", "key 'baseurl' is missing"]),
+        ("[base]\nmirrorlist=http://x/list\n", ["[base]", "mirrorlist/metalink"]),
+        ("[base]\nbaseurl=ftp://x/\n", ["[base]", "unsupported URL"]),
+        ("[base]\nbaseurl=http://x/$arch/\n", ["[base]", "$arch is not supported"]),
+        ("[base]\nbaseurl=http://x/\ngpgcheck=1\n", ["[base]", "'gpgkey' is missing"]),
+        ("[base]\nbaseurl=http://x/\ngpgcheck=maybe\n", ["[base]", "key 'gpgcheck'"]),
+    ],
+)
+def test_malformed_repo_file_is_one_clear_line(
+    tmp_path: Path, repo: str, needles: list[str]
+) -> None:
+    cfg = write(tmp_path, "", repo=repo)
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync")
+    assert_one_line_error(proc, *needles)
+
+
+def test_unknown_repo_on_command_line(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "")
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync", "--repo", "nope")
+    assert_one_line_error(proc, "--repo nope", "known: base")
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "data_dir: ./d\n"))
+    assert cfg.data_dir == tmp_path / "d"
+    assert cfg.repos_dir == tmp_path / "repos"
+    with pytest.raises(Exception):  # frozen: passed around, never mutated
+        cfg.data_dir = Path("/")  # type: ignore[misc]
+
+
+def test_variables_expand_per_value_and_disabled_sections_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "x.repo"
+    path.write_text(
+        GOOD_REPO + "gpgkey=http://k/$releasever.gpg\nexclude=a b,c\n"
+        "\n[off]\nbaseurl=http://x/\nenabled=0\n"
+    )
+    (definition,) = parse_repo_file(path)
+    assert definition.exclude == ("a", "b", "c")
+    cfg = Config(releasever=("8", "9"), basearch=("x86_64", "aarch64"))
+    targets = expand_targets([definition], cfg)
+    assert [t.key for t in targets] == [
+        "base/8/x86_64",
+        "base/8/aarch64",
+        "base/9/x86_64",
+        "base/9/aarch64",
+    ]
+    assert targets[3].baseurls == ("http://127.0.0.1:9/base/9/aarch64/",)
+    assert targets[3].gpgkeys == ("http://k/9.gpg",)
+
+
+def test_shipped_repo_definitions_parse(tmp_path: Path) -> None:
+    repos = Path(__file__).resolve().parent.parent / "repos"
+    ids = {d.id: d for p in sorted(repos.glob("*.repo")) for d in parse_repo_file(p)}
+    assert set(ids) == {"kubernetes", "docker-ce-stable", "cri-o"}
+    assert ids["kubernetes"].baseurls[0].startswith("https://pkgs.k8s.io/core:/stable:/v1.")
+    assert ids["kubernetes"].exclude == (
+        "kubelet",
+        "kubeadm",
+        "kubectl",
+        "cri-tools",
+        "kubernetes-cni",
+    )
+    assert ids["docker-ce-stable"].variables == ("releasever", "basearch")
+    assert "isv:/cri-o:/stable:/v1." in ids["cri-o"].baseurls[0]
+    assert all(d.gpgcheck for d in ids.values())
+
+
+def test_shipped_default_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parent.parent / "mirror.yaml")
+    assert cfg.repo_filters["docker-ce-stable"].include == ("containerd.io",)
+
+
+def test_config_error_carries_source() -> None:
+    err = ConfigError("f.yaml", "key 'x': bad")
+    assert str(err) == "f.yaml: key 'x': bad" and err.exit_code == 2
