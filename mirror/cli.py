@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,13 +29,22 @@ log = logging.getLogger("mirror")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        stream=sys.stderr,
-    )
+def _setup_logging(verbose: bool, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    as_json = log_format == "json" or (log_format == "auto" and os.environ.get("MIRROR_LOG_JSON"))
+    if as_json:
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", timestamp=True)
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
@@ -87,10 +98,17 @@ class _Ctx:
     help="Config file [default: $MIRROR_CONFIG or ./mirror.yaml]",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    default="auto",
+    show_default=True,
+    help="json: one JSON object per line (for journald/ELK); auto: json if $MIRROR_LOG_JSON.",
+)
 @click.pass_context
-def main(ctx: click.Context, config: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, config: str | None, verbose: bool, log_format: str) -> None:
     """Offline mirror node for air-gapped kubeadm clusters."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_format)
     ctx.obj = _Ctx(config)
 
 
@@ -181,11 +199,17 @@ def serve(obj: _Ctx, bind: str, workers: int) -> None:
     With registry.embedded, also runs the registry when nothing answers on registry.url yet,
     and stops it again on exit.
     """
+    cfg = obj.cfg
+    load_definitions(cfg)  # fail here, with the config error, not inside a gunicorn worker
+    # HTTP counters from every gunicorn worker add up only in prometheus_client's
+    # multiprocess mode, which must be on before prometheus_client is first imported.
+    metrics_dir = cfg.data_dir / ".metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from mirror.images.registry import ensure_registry
     from mirror.web.server import serve as run_server
 
-    cfg = obj.cfg
-    load_definitions(cfg)  # fail here, with the config error, not inside a gunicorn worker
     with ExitStack() as stack:
         if cfg.registry.embedded:
             try:
@@ -241,9 +265,11 @@ def status(obj: _Ctx, as_json: bool) -> None:
     """What is mirrored, when, and the last errors."""
     cfg = obj.cfg
     repos = state.load_all(cfg.state_root, "repos")
+    imgs = state.load_all(cfg.state_root, "images")
     if as_json:
-        click.echo(json.dumps({"repos": [asdict(r) for r in repos]}, indent=2))
-        return
+        doc = {"repos": [asdict(r) for r in repos], "images": [asdict(i) for i in imgs]}
+        click.echo(json.dumps(doc, indent=2))
+        sys.exit(EXIT_OK if all(r.ok for r in [*repos, *imgs]) else EXIT_SYNC_FAILED)
     if not repos:
         click.echo(f"nothing synced yet into {cfg.data_dir}")
     for r in repos:
@@ -255,7 +281,14 @@ def status(obj: _Ctx, as_json: bool) -> None:
         )
         if r.last_error:
             click.echo(f"{'':40} last error: {r.last_error}")
-    if any(not r.ok for r in repos):
+    for i in imgs:
+        flag = "ok" if i.ok else "FAILED"
+        click.echo(
+            f"{i.key:60} {flag:6} {i.digest or '-'}  last_success={i.last_success or 'never'}"
+        )
+        if i.last_error:
+            click.echo(f"{'':60} last error: {i.last_error}")
+    if any(not r.ok for r in [*repos, *imgs]):
         sys.exit(EXIT_SYNC_FAILED)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from mirror import nodeconfig
+from mirror import nodeconfig, state
 from mirror.config import Config
 from mirror.errors import ConfigError
 
@@ -81,6 +81,16 @@ def crio_registries() -> Response:
 @bp.get("/crio/crio.conf")
 def crio_conf() -> Response:
     return _text(nodeconfig.crio_conf(_cfg(), _version()), "application/toml")
+
+
+@bp.get("/images.txt")
+def images_txt() -> Response:
+    """upstream reference, mirrored reference@digest: one image per line."""
+    lines = ["# upstream mirrored@digest (from the last sync)"]
+    for item in state.load_all(_cfg().state_root, "images"):
+        if item.mirrored and item.digest:
+            lines.append(f"{item.key} {item.mirrored}@{item.digest}")
+    return _text("\n".join(lines) + "\n")
 
 
 @bp.get("/bootstrap.sh")

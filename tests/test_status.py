@@ -1,0 +1,116 @@
+"""Status page, /api/status, /metrics and POST /api/sync, over a real synced fixture."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mirror.config import load_config
+from mirror.web import create_app
+from tests.conftest import Mirror
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parent.parent / "mirror/web/status_schema.json").read_text()
+)
+
+
+def client_for(mirror: Mirror):
+    return create_app(load_config(mirror.config)).test_client()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+@pytest.mark.slow
+def test_api_status_validates_and_metrics_change_after_sync(mirror: Mirror) -> None:
+    client = client_for(mirror)
+    before = client.get("/metrics")
+    assert before.status_code == 200
+    samples_before = metric_samples(before.text)
+    assert not any(name.startswith("mirror_repo_") for name, _ in samples_before)
+    empty = client.get("/api/status").get_json()
+    jsonschema.validate(empty, SCHEMA)
+    assert empty["repos"] == [] and empty["ok"] is True
+
+    assert mirror.sync("--repo", "kubernetes").returncode == 0
+    status = client.get("/api/status").get_json()
+    jsonschema.validate(status, SCHEMA)
+    (repo,) = status["repos"]
+    assert repo["key"] == "kubernetes" and repo["ok"] and repo["packages"] == 22
+    assert repo["bytes"] > 0 and repo["last_error"] is None
+    assert status["registry"]["up"] is False  # no registry in this test: reported, not hidden
+
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("mirror_repo_sync_ok", (("repo", "kubernetes"),))] == 1.0
+    assert samples[("mirror_repo_packages", (("repo", "kubernetes"),))] == 22.0
+    last = samples[("mirror_repo_last_success_timestamp_seconds", (("repo", "kubernetes"),))]
+    assert abs(last - time.time()) < 120
+    # HTTP requests are counted by route pattern and status.
+    key = ("mirror_http_requests_total", (("route", "/api/status"), ("status", "200")))
+    assert samples[key] >= 2
+
+
+@pytest.mark.slow
+def test_failed_sync_shows_in_status_and_metrics(mirror: Mirror) -> None:
+    (mirror.upstream.k8s_repo / "repodata" / "repomd.xml.asc").write_text("garbage")
+    assert mirror.sync("--repo", "kubernetes").returncode == 1
+    client = client_for(mirror)
+    status = client.get("/api/status").get_json()
+    jsonschema.validate(status, SCHEMA)
+    assert status["ok"] is False and "repo_gpgcheck" in status["repos"][0]["last_error"]
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("mirror_repo_sync_ok", (("repo", "kubernetes"),))] == 0.0
+    page = client.get("/").text
+    assert "failed" in page and "repo_gpgcheck" in page
+
+
+def test_status_page_renders_without_any_sync(tmp_path: Path) -> None:
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "mirror.yaml").write_text("kubernetes_versions: [v1.30.2]\n")
+    client = create_app(load_config(tmp_path / "mirror.yaml")).test_client()
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "Nothing synced yet" in page.text
+    assert "kubeadm init --config" in page.text
+    assert "http://" not in page.text.split("<body>")[0]  # no external assets in <head>
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_api_sync_is_absent_without_token(tmp_path: Path) -> None:
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "mirror.yaml").write_text("")
+    client = create_app(load_config(tmp_path / "mirror.yaml")).test_client()
+    assert client.post("/api/sync").status_code == 404
+    assert client.post("/api/sync", headers={"Authorization": "Bearer x"}).status_code == 404
+
+
+@pytest.mark.slow
+def test_api_sync_requires_the_token_and_runs_a_sync(mirror: Mirror) -> None:
+    mirror.extra_config = "sync_token: s3cret-token\n"
+    mirror.write()
+    client = client_for(mirror)
+    assert client.post("/api/sync").status_code == 401
+    wrong = client.post("/api/sync", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert client.post("/api/sync", headers={"Authorization": "s3cret-token"}).status_code == 401
+    ok = client.post("/api/sync", headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 202
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = client.get("/api/status").get_json()
+        if len(status["repos"]) == 3 and all(r["last_success"] for r in status["repos"]):
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(Path(ok.get_json()["log"]).read_text())
+    assert status["ok"] is True
