@@ -112,6 +112,7 @@ class Mirror:
     basearch: tuple[str, ...] = ("x86_64", "aarch64")
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     logs: dict[int, Path] = field(default_factory=dict)
+    registry_port: int = field(default_factory=free_port)
 
     @property
     def config(self) -> Path:
@@ -145,6 +146,8 @@ class Mirror:
         self.config.write_text(
             f"data_dir: ./data\nbase_url: {self.base_url}\nrepos_dir: ./repos\n"
             f'releasever: ["9"]\nbasearch: [{arches}]\nhttp_timeout: 10\nhttp_retries: 2\n'
+            # Yum tests need no registry: never start one on a shared default port.
+            f"registry: {{url: '127.0.0.1:{self.registry_port}', embedded: false}}\n"
             + self.extra_config
         )
 
