@@ -316,6 +316,7 @@ def test_dry_run_changes_nothing(mirror: Mirror) -> None:
     assert "would download x86_64/kubeadm-1.28.0" in proc.stderr
     assert not (mirror.data / "repos").exists()
     assert not (mirror.data / "state").exists()
+    assert not list((mirror.data / ".staging").rglob("*.xml*"))
 
 
 def test_served_files_support_range_and_conditional_requests(mirror: Mirror) -> None:

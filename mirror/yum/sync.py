@@ -135,6 +135,7 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     if dry_run:
         for pkg in plan.to_download:
             log.info("%s: would download %s", target.key, pkg.href)
+        shutil.rmtree(meta_dir, ignore_errors=True)
         return RepoResult(
             target.key, True, len(plan.selected), len(plan.to_download), plan.download_bytes
         )
