@@ -25,7 +25,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def serve(cfg: Config, bind: str, workers: int = 4, threads: int = 4) -> None:
-    # gthread workers: dnf and curl keep connections open; sendfile stays on (the default).
+    # gthread workers: dnf and curl keep connections open.
     options = {
         "bind": bind,
         "workers": workers,
@@ -35,6 +35,7 @@ def serve(cfg: Config, bind: str, workers: int = 4, threads: int = 4) -> None:
         "errorlog": "-",
         "timeout": 120,
         "graceful_timeout": 10,
-        "sendfile": True,
+        # No "sendfile" key: it is a store_const setting, so setting it to anything, even
+        # True, turns sendfile off. Left unset, gunicorn uses sendfile(2) for file bodies.
     }
     _Gunicorn(cfg, options).run()

@@ -1,0 +1,84 @@
+"""gunicorn settings for mirror-web.service: `gunicorn --config /etc/mirror/gunicorn.conf.py`.
+
+Same choices as `mirror serve` (mirror/web/server.py), in gunicorn's own config format so an
+admin can tune them without touching code. Environment knobs (set them in a systemd drop-in,
+`systemctl edit mirror-web`):
+
+  MIRROR_CONFIG   the mirror.yaml the app loads (the unit sets /etc/mirror/mirror.yaml)
+  MIRROR_BIND     listen address, default 127.0.0.1:8080 (what nginx-mirror.conf proxies to);
+                  mirror-web.service sets 0.0.0.0:8080 so nodes can also reach it directly
+  MIRROR_WORKERS  worker processes, default 4 (threads per worker: MIRROR_THREADS, 4)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+# The app: mirror/web/wsgi.py holds `app = create_app(load_config(config_path_from_env(None)))`.
+wsgi_app = "mirror.web.wsgi:app"
+
+bind = [os.environ.get("MIRROR_BIND", "127.0.0.1:8080")]
+
+# gthread: dnf, curl and containerd keep connections open; a thread per connection keeps a
+# slow node from holding a whole worker. Requests are mostly sendfile()d files, so a few
+# processes with a few threads each saturate the disk or the NIC long before the CPU.
+worker_class = "gthread"
+workers = int(os.environ.get("MIRROR_WORKERS", "4"))
+threads = int(os.environ.get("MIRROR_THREADS", "4"))
+# Large rpms and image blobs over slow links: a worker busy sending must not be killed.
+timeout = 120
+graceful_timeout = 10
+keepalive = 5
+# sendfile ON. /repos/ files go out through wsgi.file_wrapper, i.e. sendfile(2). Careful:
+# gunicorn's `sendfile` is the --no-sendfile switch; ANY value, True included, turns sendfile
+# OFF (gunicorn/config.py: Config.sendfile). None = unset = on (unless $SENDFILE says no).
+sendfile = None
+
+# Load the app in each worker after the fork, not in the master: `systemctl reload mirror-web`
+# (SIGHUP) then starts workers that re-read mirror.yaml and repos_dir. A config error shows
+# in the journal as a worker boot failure, and the unit fails.
+preload_app = False
+
+# Logs go to stdout/stderr, i.e. the journal (`journalctl -u mirror-web`).
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+# Combined log format, plus the client nginx saw (X-Forwarded-For) and the time taken in ms.
+access_log_format = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+    'xff="%({x-forwarded-for}i)s" %(M)sms'
+)
+# Trust X-Forwarded-* only from nginx on this host.
+forwarded_allow_ips = "127.0.0.1,::1"
+proc_name = "mirror-web"
+
+# systemd's RuntimeDirectory=mirror-web (/run/mirror-web), else a private temp dir.
+_runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or tempfile.mkdtemp(
+    prefix="mirror-web-"
+)
+# Newer gunicorn (27 here) opens a control socket, by default in $HOME/.gunicorn/, i.e. in
+# /var/lib/mirror; keep it in the runtime dir. (Older gunicorn ignores unknown settings.)
+control_socket = os.path.join(_runtime, "gunicorn.ctl")
+
+# /metrics must add up the request counters of every worker: prometheus_client's
+# multiprocess mode, with a directory that is empty when the server starts.
+_prom_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(_runtime, "prometheus"))
+
+
+def on_starting(server: Any) -> None:
+    """Master, once (not on reload): start with no counters from a previous run."""
+    os.makedirs(_prom_dir, exist_ok=True)
+    for name in os.listdir(_prom_dir):
+        if name.endswith(".db"):  # prometheus_client's files only, whatever the dir is
+            os.remove(os.path.join(_prom_dir, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker ended: drop its live gauges (counters it wrote are kept, as they should)."""
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
