@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mirror.config import Config, load_config
 from mirror.errors import ConfigError
@@ -118,7 +119,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "data_dir: ./d\n"))
     assert cfg.data_dir == tmp_path / "d"
     assert cfg.repos_dir == tmp_path / "repos"
-    with pytest.raises(Exception):  # frozen: passed around, never mutated
+    with pytest.raises(ValidationError):  # frozen: passed around, never mutated
         cfg.data_dir = Path("/")  # type: ignore[misc]
 
 

@@ -144,6 +144,10 @@ def test_sync_serve_and_containerd_pulls_by_original_name(
         )
         listing = requests.get(f"http://127.0.0.1:{web}/images.txt", timeout=5).text
         assert f"docker.io/calico/node:v3.26.1 {local}/docker.io/calico/node:v3.26.1@" in listing
+        coredns = digests["registry.k8s.io/coredns/coredns:v1.10.1"]
+        for name in ("registry.k8s.io/coredns/coredns", "registry.k8s.io/coredns"):
+            line = f"registry.k8s.io/coredns/coredns:v1.10.1 {local}/{name}:v1.10.1@{coredns}"
+            assert line in listing.splitlines()
 
         sock, work = containerd
         hosts_dir = work / "certs.d"

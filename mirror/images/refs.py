@@ -22,7 +22,7 @@ _DOCKER_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.dock
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _HOST_RE = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]+)?$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)  # \w of the grammar is ASCII
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
@@ -30,12 +30,19 @@ class BadReference(ValueError):
     pass
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ImageRef:
     host: str
     path: str
     tag: str | None
     digest: str | None = None
+
+    def _key(self) -> tuple[str, str, str, str]:
+        return (self.host, self.path, self.tag or "", self.digest or "")
+
+    def __lt__(self, other: ImageRef) -> bool:
+        # Not dataclass(order=True): that compares None with str for digest-only refs.
+        return self._key() < other._key()
 
     @property
     def repository(self) -> str:
@@ -99,7 +106,8 @@ def parse_reference(text: str) -> ImageRef:
 def parse_images_file(path: Path) -> list[ImageRef]:
     """One reference per line; `#` comments and blank lines allowed. Errors name the line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte order mark (Windows editors) is not part of the first reference.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise ConfigError(str(path), "images file not found (key 'images_file')") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, current_app, render_template, request
 
-from mirror import nodeconfig, state
+from mirror import nodeconfig
 from mirror.config import Config
 from mirror.errors import ConfigError
 
@@ -86,10 +86,11 @@ def crio_conf() -> Response:
 @bp.get("/images.txt")
 def images_txt() -> Response:
     """upstream reference, mirrored reference@digest: one image per line."""
+    from mirror.images.sync import mirrored_images
+
     lines = ["# upstream mirrored@digest (from the last sync)"]
-    for item in state.load_all(_cfg().state_root, "images"):
-        if item.mirrored and item.digest:
-            lines.append(f"{item.key} {item.mirrored}@{item.digest}")
+    for upstream, mirrored, digest in mirrored_images(_cfg()):
+        lines.append(f"{upstream} {mirrored}@{digest}")
     return _text("\n".join(lines) + "\n")
 
 

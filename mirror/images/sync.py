@@ -1,0 +1,254 @@
+"""An image sync as named stages, per image: resolve upstream -> compare -> copy -> record.
+
+1. resolve: one manifest request upstream (`skopeo inspect --raw`); its sha256 is the digest,
+   and for a single configured platform the index names that platform's manifest digest.
+2. compare: one manifest request per destination name in our registry; missing or different
+   means copy. Equal everywhere: nothing else happens (no blob moves).
+3. copy: `skopeo copy --preserve-digests` from `repo@<resolved digest>`, so what lands is exactly
+   what was compared even if the tag moves meanwhile. A tag that moved upstream resolves to a
+   new digest and is copied again. Further destination names (the coredns alias) are copied
+   registry-locally from the first one: no upstream traffic, blobs already there.
+4. record: state per image (key = upstream reference): digest, mirrored names, platforms,
+   last_success/last_error, duration.
+
+Platforms (see mirror.images.skopeo for what skopeo 1.9 can do):
+- "all", or two or more platforms: the whole index is copied, digest kept. skopeo 1.9 cannot
+  copy a subset of an index, so a platform list of several copies every platform.
+- exactly one platform: only that platform's manifest is copied; the tag in our registry then
+  points at the platform manifest (its upstream digest), not the index.
+- references pinned by digest (`repo@sha256:...`, `repo:tag@sha256:...`) are always copied whole,
+  so the pinned digest resolves in our registry.
+
+Images are independent: ThreadPoolExecutor with cfg.image_workers; a failing image is recorded
+in its ImageResult.error and its state and does not stop the others; what was mirrored before
+stays in the registry. The caller provides the registry (`with ensure_registry(cfg): ...`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from mirror import state
+from mirror.config import Config
+from mirror.errors import ConfigError, ImageSyncError, MirrorError
+from mirror.images import skopeo
+from mirror.images.refs import ImageJob, ImageRef
+from mirror.images.skopeo import Endpoint, Platform, SkopeoError
+from mirror.progress import progress_for
+
+log = logging.getLogger("mirror.images")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    upstream: str
+    destinations: tuple[str, ...]
+    digest: str | None  # what the destinations hold (resolved upstream digest)
+    changed: bool  # something was (or, in a dry run, would be) copied
+    error: str | None = None
+    platforms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Stage 1: what to copy for one image."""
+
+    source: str  # "host/path@sha256:..." : the exact manifest or index to copy
+    digest: str  # digest every destination must have
+    all_platforms: bool
+    platform: Platform | None  # the one platform copied, when not all
+    platforms: tuple[str, ...]  # for state and reports; () when unknown
+
+
+def upstream_endpoint(cfg: Config) -> Endpoint:
+    # tls_verify None: registries.conf (insecure = true) decides for upstreams.
+    return Endpoint(tls_verify=None, authfile=cfg.upstream.authfile)
+
+
+def local_endpoint(cfg: Config) -> Endpoint:
+    return Endpoint(tls_verify=cfg.registry.tls_verify, authfile=cfg.registry.authfile)
+
+
+def wanted_platforms(cfg: Config) -> list[Platform] | None:
+    """None means every platform."""
+    if cfg.platforms == "all":
+        return None
+    try:
+        return [Platform.parse(p) for p in cfg.platforms]
+    except ValueError as exc:
+        raise ConfigError(str(cfg.config_path or "config"), f"key 'platforms': {exc}") from None
+
+
+def resolve(cfg: Config, ref: ImageRef, wanted: list[Platform] | None) -> Resolved:
+    """Stage 1: one manifest request upstream."""
+    image = ref.upstream
+    # skopeo cannot read "repo:tag@digest"; a pinned digest wins over the tag.
+    query = f"{ref.repository}@{ref.digest}" if ref.digest else image
+    raw = skopeo.raw_manifest(query, upstream_endpoint(cfg), cfg.upstream.registries_conf, image)
+    top = skopeo.digest_of(raw)
+    if ref.digest and top != ref.digest:
+        raise ImageSyncError(image, f"upstream served {top}, not the pinned digest")
+    doc = skopeo.parse_manifest(raw, image)
+    index = skopeo.is_index(doc)
+    entries = [p for p, _ in skopeo.index_platforms(doc)] if index else []
+    listed = tuple(sorted(str(p) for p in entries))
+    source = f"{ref.repository}@{top}"
+    if wanted is not None and len(wanted) == 1 and not ref.digest:
+        if not index:  # a single-platform image: copied as it is
+            return Resolved(source, top, False, wanted[0], (str(wanted[0]),))
+        plat, digest = skopeo.select_platform(doc, wanted[0], image)
+        return Resolved(f"{ref.repository}@{digest}", digest, False, plat, (str(plat),))
+    if wanted is not None and index:
+        missing = [
+            str(w)
+            for w in wanted
+            if not any(
+                (p.os, p.arch) == (w.os, w.arch) and w.variant in (None, p.variant) for p in entries
+            )
+        ]
+        if missing:
+            log.warning("%s: upstream has no %s image", image, ", ".join(missing))
+    return Resolved(source, top, True, None, listed)
+
+
+def local_digest(cfg: Config, name: str, image: str) -> str | None:
+    """Stage 2, one destination: its digest in our registry, None when it has no such tag."""
+    try:
+        return skopeo.manifest_digest(
+            name, local_endpoint(cfg), cfg.upstream.registries_conf, image
+        )
+    except SkopeoError as exc:
+        if exc.manifest_unknown:
+            return None
+        raise SkopeoError(image, f"checking {name} in our registry: {exc.reason}") from None
+
+
+def copy_to(cfg: Config, job: ImageJob, resolved: Resolved, targets: Sequence[str]) -> None:
+    """Stage 3: the first destination from upstream, the others from our first copy."""
+    image = job.source.upstream
+    first = job.destinations[0]
+    for name in targets:
+        try:
+            if name == first:
+                skopeo.copy(
+                    resolved.source,
+                    name,
+                    all_platforms=resolved.all_platforms,
+                    platform=resolved.platform,
+                    src_endpoint=upstream_endpoint(cfg),
+                    dest_endpoint=local_endpoint(cfg),
+                    registries_conf=cfg.upstream.registries_conf,
+                    image=image,
+                )
+            else:  # registry-local: an alias of an image we hold (first is up to date)
+                skopeo.copy(
+                    first,
+                    name,
+                    all_platforms=True,
+                    src_endpoint=local_endpoint(cfg),
+                    dest_endpoint=local_endpoint(cfg),
+                    registries_conf=cfg.upstream.registries_conf,
+                    image=image,
+                )
+        except SkopeoError as exc:
+            raise SkopeoError(image, f"copy to {name}: {exc.reason}") from None
+        log.info("%s: copied to %s (%s)", image, name, resolved.digest)
+
+
+def sync_image(
+    cfg: Config, job: ImageJob, wanted: list[Platform] | None, dry_run: bool
+) -> ImageResult:
+    """Stages 1-3 for one image; raises MirrorError on failure."""
+    image = job.source.upstream
+    resolved = resolve(cfg, job.source, wanted)
+    current = {name: local_digest(cfg, name, image) for name in job.destinations}
+    targets = [name for name, digest in current.items() if digest != resolved.digest]
+    if not targets:
+        log.debug("%s: up to date (%s)", image, resolved.digest)
+    elif dry_run:
+        for name in targets:
+            log.info("%s: would copy %s to %s", image, resolved.digest, name)
+    else:
+        # Destinations keep their order, so a stale first name is refreshed before the alias
+        # is copied from it.
+        copy_to(cfg, job, resolved, targets)
+    return ImageResult(
+        image, job.destinations, resolved.digest, bool(targets), platforms=resolved.platforms
+    )
+
+
+def _run_one(
+    cfg: Config, job: ImageJob, wanted: list[Platform] | None, dry_run: bool
+) -> ImageResult:
+    """One image, recorded in state; every failure becomes ImageResult.error."""
+    started = time.monotonic()
+    image = job.source.upstream
+    record = state.load(cfg.state_root, "images", image)
+    record.upstream = image
+    record.last_attempt = state.now_iso()
+    try:
+        result = sync_image(cfg, job, wanted, dry_run)
+    except MirrorError as exc:
+        message = str(exc) if isinstance(exc, ImageSyncError) else f"image {image}: {exc}"
+        log.error("%s", message)
+        result = ImageResult(image, job.destinations, None, False, message)
+        record.last_error = message
+    except OSError as exc:  # e.g. cannot start skopeo: name the image, keep going
+        message = f"image {image}: {exc.strerror or exc}"
+        log.error("%s", message)
+        result = ImageResult(image, job.destinations, None, False, message)
+        record.last_error = message
+    else:
+        record.digest = result.digest
+        record.mirrored = " ".join(job.destinations)
+        record.platforms = list(result.platforms)
+        record.last_success = state.now_iso()
+        record.last_error = None
+    record.duration_s = round(time.monotonic() - started, 3)
+    if not dry_run:
+        state.save(cfg.state_root, "images", record)
+    return result
+
+
+def sync_images(cfg: Config, jobs: Sequence[ImageJob], dry_run: bool = False) -> list[ImageResult]:
+    """Mirror every job into cfg.registry.url; results in job order. Needs a registry
+    answering there (`with ensure_registry(cfg): sync_images(cfg, jobs)`).
+
+    Raises only for what fails every image alike (EnvironmentProblem: no skopeo binary;
+    ConfigError: bad `platforms`); per-image problems are in the results and the state.
+    """
+    if not jobs:
+        return []
+    skopeo.binary()  # no skopeo: one clear error instead of one per image
+    wanted = wanted_platforms(cfg)
+    progress = progress_for("images", len(jobs), 0)
+    results: dict[int, ImageResult] = {}
+    try:
+        workers = max(1, min(cfg.image_workers, len(jobs)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image") as pool:
+            futures = {
+                pool.submit(_run_one, cfg, job, wanted, dry_run): i for i, job in enumerate(jobs)
+            }
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                progress.item_done(jobs[i].source.upstream)
+    finally:
+        progress.close()
+    return [results[i] for i in range(len(jobs))]
+
+
+def mirrored_images(cfg: Config) -> list[tuple[str, str, str]]:
+    """(upstream, mirrored name, digest) of every image synced successfully at least once, from
+    state; an image whose last sync failed is listed with what it still has in the registry."""
+    rows = []
+    for record in state.load_all(cfg.state_root, "images"):
+        if not (record.last_success and record.digest and record.mirrored):
+            continue
+        for name in record.mirrored.split():
+            rows.append((record.upstream or record.key, name, record.digest))
+    return sorted(rows)
