@@ -24,7 +24,7 @@ run: sysdeps venv
 	@BIND=$(BIND) VENV=$(VENV) bash scripts/run.sh
 
 lint: venv
-	$(VENV)/bin/ruff check mirror tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy mirror
 
 test: sysdeps venv lint
