@@ -5,7 +5,6 @@ PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 MIRROR_CONFIG ?= $(CURDIR)/mirror.yaml
 BIND   ?= 0.0.0.0:8080
-export MIRROR_CONFIG
 
 .PHONY: run test lint sysdeps venv bench clean
 
@@ -21,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: sysdeps venv
-	@BIND=$(BIND) VENV=$(VENV) bash scripts/run.sh
+	@MIRROR_CONFIG=$(MIRROR_CONFIG) BIND=$(BIND) VENV=$(VENV) bash scripts/run.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

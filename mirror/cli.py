@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +19,13 @@ from filelock import FileLock, Timeout
 
 from mirror import kubeadm_images, nodeconfig, state
 from mirror.config import Config, config_path_from_env, load_config
-from mirror.errors import EXIT_OK, EXIT_SYNC_FAILED, LockedError, MirrorError
+from mirror.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_OK,
+    EXIT_SYNC_FAILED,
+    LockedError,
+    MirrorError,
+)
 from mirror.http import Fetcher
 from mirror.images.refs import ImageJob, plan_jobs
 from mirror.progress import human_bytes
@@ -56,6 +63,13 @@ def _handle_errors(func: F) -> F:
         except MirrorError as exc:
             click.echo(f"mirror: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # e.g. data_dir not creatable: one line, not a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"mirror: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(EXIT_ENVIRONMENT)
+        except subprocess.TimeoutExpired as exc:
+            click.echo(f"mirror: error: {exc.cmd[0]} did not finish in {exc.timeout}s", err=True)
+            sys.exit(EXIT_ENVIRONMENT)
 
     return wrapper  # type: ignore[return-value]
 
@@ -130,7 +144,7 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
     if only in (None, "repos"):
         targets = select_targets(expand_targets(load_definitions(cfg), cfg), repo_ids)
     jobs = nodeconfig.image_jobs(cfg) if only in (None, "images") and not repo_ids else []
-    failures: list[str] = []
+    failures: list[tuple[str, int]] = []  # (message, exit code)
     with sync_lock(cfg):
         if targets:
             failures += _sync_repos(cfg, targets, dry_run)
@@ -138,13 +152,15 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
             failures += _sync_images(cfg, jobs, dry_run)
     if failures:
         click.echo(f"mirror sync: {len(failures)} failed:", err=True)
-        for line in failures:
+        for line, _ in failures:
             click.echo(f"  {line}", err=True)
-        sys.exit(EXIT_SYNC_FAILED)
+        # A missing program or service (exit 3) needs a different fix than a bad upstream.
+        codes = {code for _, code in failures}
+        sys.exit(EXIT_ENVIRONMENT if EXIT_ENVIRONMENT in codes else EXIT_SYNC_FAILED)
     sys.exit(EXIT_OK)
 
 
-def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[str]:
+def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[tuple[str, int]]:
     fetcher = Fetcher(
         pool_size=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
     )
@@ -161,10 +177,10 @@ def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[s
         len(ok) - changed,
         len(results) - len(ok),
     )
-    return [r.error for r in results if r.error]
+    return [(r.error, r.exit_code) for r in results if r.error]
 
 
-def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[str]:
+def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[tuple[str, int]]:
     from mirror.images.registry import ensure_registry
     from mirror.images.sync import sync_images
 
@@ -175,7 +191,7 @@ def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[str]:
             results = sync_images(cfg, jobs, dry_run=dry_run)
     except MirrorError as exc:  # registry missing or unreachable: every image failed
         log.error("%s", exc)
-        return [f"images: {exc}"]
+        return [(f"images: {exc}", exc.exit_code)]
     ok = [r for r in results if not r.error]
     changed = sum(1 for r in ok if r.changed)
     log.info(
@@ -185,7 +201,7 @@ def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[str]:
         len(ok) - changed,
         len(results) - len(ok),
     )
-    return [r.error for r in results if r.error]
+    return [(r.error, EXIT_SYNC_FAILED) for r in results if r.error]
 
 
 @main.command()

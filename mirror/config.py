@@ -7,8 +7,10 @@ directory of the config file, so `mirror -c /etc/mirror/mirror.yaml` works from 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mirror.errors import ConfigError, UnknownKubernetesVersion
 
 DEFAULT_CONFIG_NAME = "mirror.yaml"
+_HOSTPORT_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?$"
+)
+_URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/-]*$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Frozen(BaseModel):
@@ -40,6 +47,13 @@ class RegistryConfig(_Frozen):
     tls_verify: bool = False
     embedded: bool = True
     authfile: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not _HOSTPORT_RE.match(value):
+            raise ValueError("must be HOST[:PORT] (no scheme, no path)")
+        return value
 
 
 class UpstreamConfig(_Frozen):
@@ -72,8 +86,15 @@ class Config(_Frozen):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+        # base_url ends up in .repo files and in shell scripts nodes run as root: only a
+        # plain http(s)://host[:port][/path] gets through, nothing a shell would interpret.
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
             raise ValueError("must start with http:// or https://")
+        if not _HOSTPORT_RE.match(parts.netloc) or parts.query or parts.fragment:
+            raise ValueError("must be http(s)://HOST[:PORT][/PATH]")
+        if not _URL_PATH_RE.match(parts.path):
+            raise ValueError("path may only contain letters, digits and ._~/-")
         return value.rstrip("/")
 
     @field_validator("kubernetes_versions")
@@ -93,8 +114,9 @@ class Config(_Frozen):
     @field_validator("releasever", "basearch")
     @classmethod
     def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value or any(not v or "/" in v for v in value):
-            raise ValueError("must be a non-empty list of values without '/'")
+        # Each value becomes a directory name under data_dir/repos/: no '..', no '/'.
+        if not value or any(not _SEGMENT_RE.match(v) for v in value):
+            raise ValueError("must be a non-empty list of plain names (letters, digits, ._-)")
         return value
 
     @property

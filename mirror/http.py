@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryError,
@@ -75,13 +76,17 @@ class Expected:
     size: int | None = None
 
 
+class UnsupportedChecksum(ValueError):
+    pass
+
+
 def new_hash(checksum_type: str) -> Any:
     # repomd/primary say "sha" for sha1 in old repos.
     name = "sha1" if checksum_type == "sha" else checksum_type
     try:
         return hashlib.new(name)
-    except ValueError:
-        raise ValueError(f"unsupported checksum type {checksum_type!r}") from None
+    except ValueError:  # unknown, or disabled (md5 on a FIPS host)
+        raise UnsupportedChecksum(f"unsupported checksum type {checksum_type!r}") from None
 
 
 def file_matches(path: Path, expected: Expected) -> bool:
@@ -109,6 +114,9 @@ class Fetcher:
         self.retries = retries
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        # Checksums and Range offsets are about the bytes on the server's disk: never let a
+        # server (or requests) apply a Content-Encoding on top of them.
+        self.session.headers["Accept-Encoding"] = "identity"
         # urllib3 retries connection errors and 5xx answers before any body is read.
         retry = Retry(
             total=retries,
@@ -119,6 +127,8 @@ class Fetcher:
             status_forcelist=(500, 502, 503, 504),
             allowed_methods=frozenset({"GET", "HEAD"}),
             raise_on_status=False,
+            # A 503 with "Retry-After: 3600" must not hold the sync lock for an hour.
+            respect_retry_after_header=False,
         )
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
         self.session.mount("http://", adapter)
@@ -128,23 +138,23 @@ class Fetcher:
         self.session.close()
 
     def get_bytes(self, url: str, opts: RequestOptions, *, limit: int = 64 * 1024 * 1024) -> bytes:
-        """Small documents (repomd.xml, keys, signatures)."""
-        if url.startswith("file://"):
-            try:
-                return Path(url[len("file://") :]).read_bytes()
-            except OSError as exc:
-                raise FetchError(url, exc.strerror or str(exc)) from None
+        """Small documents (repomd.xml, keys, signatures), read up to `limit` bytes."""
         try:
-            resp = self.session.get(url, timeout=self.timeout, **opts.kwargs())
+            resp = self.session.get(url, timeout=self.timeout, stream=True, **opts.kwargs())
         except requests.RequestException as exc:
             raise FetchError(url, _describe(exc)) from None
         with resp:
             if resp.status_code != 200:
                 raise FetchError(url, f"HTTP {resp.status_code}")
-            data = resp.content
-        if len(data) > limit:
-            raise FetchError(url, f"larger than {limit} bytes")
-        return data
+            data = bytearray()
+            try:
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    data += chunk
+                    if len(data) > limit:
+                        raise FetchError(url, f"larger than {limit} bytes")
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise FetchError(url, f"connection broke off ({exc.__class__.__name__})") from None
+        return bytes(data)
 
     def download(
         self,
@@ -166,14 +176,24 @@ class Fetcher:
             retry=retry_if_exception_type(_StreamBroken),
             reraise=False,
         )
+        resumed = part.exists()
         try:
-            for attempt in retrying:
-                with attempt:
-                    self._stream_to(url, part, expected, opts, progress)
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        self._stream_to(url, part, expected, opts, progress)
+            except ChecksumMismatch:
+                if not resumed:
+                    raise
+                # The .part came from an earlier run and upstream has since replaced the
+                # file under the same name: the bytes we resumed after no longer fit.
+                part.unlink(missing_ok=True)
+                for attempt in retrying:
+                    with attempt:
+                        self._stream_to(url, part, expected, opts, progress)
         except RetryError as exc:
-            raise FetchError(
-                url, f"download kept breaking off: {exc.last_attempt.exception()}"
-            ) from None
+            reason = exc.last_attempt.exception()
+            raise FetchError(url, f"download kept breaking off: {reason}") from None
         os.replace(part, dest)
 
     def _stream_to(
@@ -189,8 +209,6 @@ class Fetcher:
         if expected.size is not None and have > expected.size:
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        if url.startswith("file://"):
-            raise FetchError(url, "file:// baseurls are only supported for metadata")
         try:
             resp = self.session.get(
                 url, stream=True, timeout=self.timeout, headers=headers, **opts.kwargs()
@@ -216,7 +234,7 @@ class Fetcher:
             written = have
             try:
                 with part.open(mode) as out:
-                    for chunk in resp.iter_content(CHUNK):
+                    for chunk in resp.raw.stream(CHUNK, decode_content=False):
                         written += len(chunk)
                         if expected.size is not None and written > expected.size:
                             part.unlink(missing_ok=True)
@@ -228,8 +246,8 @@ class Fetcher:
                             digest.update(chunk)
                         if progress:
                             progress(len(chunk))
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                raise _StreamBroken(_describe(exc)) from None
+            except (urllib3.exceptions.HTTPError, requests.ConnectionError, OSError) as exc:
+                raise _StreamBroken(exc.__class__.__name__) from None
         if expected.size is not None and written < expected.size:
             raise _StreamBroken(f"got {written} of {expected.size} bytes")
         if digest is not None and expected.checksum is not None:

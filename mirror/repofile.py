@@ -21,7 +21,9 @@ from mirror.errors import ConfigError
 # definition using one of those gets a clear error instead of a silently wrong URL.
 SUPPORTED_VARS = ("releasever", "basearch")
 _VAR_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# A repo id becomes a directory name under data_dir/repos/: it must start with a letter or
+# digit, so '.' and '..' (which would publish, and prune, outside the repo) cannot pass.
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _TRUE = {"1", "yes", "true", "on", "True"}
 _FALSE = {"0", "no", "false", "off", "False"}
 
@@ -133,6 +135,8 @@ def parse_repo_file(path: Path) -> list[RepoDefinition]:
         ) from None
     except (configparser.Error, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), str(exc).splitlines()[0]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
 
     result = []
     for section in parser.sections():
@@ -141,7 +145,9 @@ def parse_repo_file(path: Path) -> list[RepoDefinition]:
         if not _bool(src, "enabled", opts.get("enabled"), True):
             continue
         if not _REPO_ID_RE.match(section):
-            raise ConfigError(src, "repo id may only contain letters, digits and _.:-")
+            raise ConfigError(
+                src, "repo id must start with a letter or digit and contain only [A-Za-z0-9_.:-]"
+            )
         if "baseurl" not in opts:
             if "mirrorlist" in opts or "metalink" in opts:
                 raise ConfigError(src, "mirrorlist/metalink are not supported; set baseurl")
@@ -150,7 +156,7 @@ def parse_repo_file(path: Path) -> list[RepoDefinition]:
         if not baseurls:
             raise ConfigError(src, "key 'baseurl' is empty")
         for url in baseurls:
-            if not url.startswith(("http://", "https://", "file://")):
+            if not url.startswith(("http://", "https://")):
                 raise ConfigError(src, f"key 'baseurl': unsupported URL {url!r}")
         gpgkeys = _split_list(opts.get("gpgkey", ""))
         for text in (*baseurls, *gpgkeys):

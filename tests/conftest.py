@@ -29,6 +29,11 @@ from tests.fixtures import (
     make_gpg_key,
 )
 
+# Nothing from the caller's environment may point a test at a real config or metrics dir
+# (`make run` users have MIRROR_CONFIG set; a test must never sync the real upstreams).
+for _var in ("MIRROR_CONFIG", "PROMETHEUS_MULTIPROC_DIR", "MIRROR_LOG_JSON"):
+    os.environ.pop(_var, None)
+
 K8S_REL = "core:/stable:/v1.28/rpm"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

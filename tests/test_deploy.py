@@ -329,7 +329,10 @@ def test_crontab_command_is_quiet_only_on_success(tmp_path: Path, exit_code: int
 
 def _load_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, object]:
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # setenv first so monkeypatch records "absent" and removes what the conf file sets
+    # (delenv of an absent variable records nothing, and the value would leak).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     for var in ("MIRROR_BIND", "MIRROR_WORKERS", "MIRROR_THREADS"):
         monkeypatch.delenv(var, raising=False)
     return runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
@@ -380,7 +383,10 @@ def test_gunicorn_conf_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("MIRROR_BIND", "0.0.0.0:8080")
     monkeypatch.setenv("MIRROR_WORKERS", "2")
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # setenv first so monkeypatch records "absent" and removes what the conf file sets
+    # (delenv of an absent variable records nothing, and the value would leak).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert conf["bind"] == ["0.0.0.0:8080"] and conf["workers"] == 2
 

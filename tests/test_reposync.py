@@ -375,3 +375,18 @@ def test_concurrent_dnf_during_publish_sees_complete_repo(mirror: Mirror, tmp_pa
 
 def _hrefs(repomd: bytes) -> list[str]:
     return [h.decode() for h in re.findall(rb'<location href="([^"]+)"', repomd)]
+
+
+def test_stale_partial_download_from_an_earlier_run_is_restarted(mirror: Mirror) -> None:
+    """A .part left by a failed run whose upstream file was since replaced: the resumed bytes
+    don't verify, so the download starts over instead of failing the repo."""
+    name = f"kubelet-1.28.1-{K8S_RELEASE}.x86_64.rpm"
+    part = mirror.data / ".staging/repos/kubernetes/packages/x86_64" / f"{name}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * 1000)  # not a prefix of the real file
+    server = mirror.upstream.server
+    assert_ok(mirror.sync("--repo", "kubernetes"))
+    statuses = [s for _, p, s in server.requests if p.endswith("/" + name)]
+    assert statuses == [206, 200]
+    published = mirror.data / "repos/kubernetes/x86_64" / name
+    assert published.read_bytes() == (mirror.upstream.k8s_repo / "x86_64" / name).read_bytes()

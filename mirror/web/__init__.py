@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from flask import Flask
 
 from mirror.config import Config
@@ -10,6 +12,8 @@ from mirror.repofile import load_definitions
 
 def create_app(cfg: Config) -> Flask:
     app = Flask(__name__)
+    # Every value rendered into a shell script goes through shquote, whatever validated it.
+    app.jinja_env.filters["shquote"] = shlex.quote
     app.config["MIRROR"] = cfg
     # Definitions are read once: the .repo files we hand out describe what the config
     # declared when the service started (restart after editing repos/, like any daemon).

@@ -196,7 +196,7 @@ class StateCollector:
 def metrics() -> Response:
     registry = CollectorRegistry()
     registry.register(StateCollector(_cfg()))
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.path.isdir(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")):
         from prometheus_client import multiprocess
 
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -12,7 +12,14 @@ from pathlib import Path, PurePosixPath
 import createrepo_c as cr
 
 from mirror.errors import RepoSyncError, UnsafePathError
-from mirror.http import Expected, Fetcher, FetchError, RequestOptions
+from mirror.http import (
+    Expected,
+    Fetcher,
+    FetchError,
+    RequestOptions,
+    UnsupportedChecksum,
+    new_hash,
+)
 
 REPOMD = "repodata/repomd.xml"
 
@@ -83,6 +90,13 @@ def safe_relpath(repo: str, href: str) -> PurePosixPath:
     return path
 
 
+def _check_checksum_type(repo: str, checksum_type: str, href: str) -> None:
+    try:
+        new_hash(checksum_type)
+    except UnsupportedChecksum as exc:
+        raise RepoSyncError(repo, f"{href}: {exc}") from None
+
+
 def join_url(baseurl: str, href: str) -> str:
     return baseurl.rstrip("/") + "/" + href
 
@@ -114,6 +128,7 @@ def parse_repomd(repo: str, repomd: bytes, staging: Path) -> tuple[MetadataRecor
         href = str(safe_relpath(repo, rec.location_href))
         if rec.location_base:
             raise UnsafePathError(repo, f"refusing metadata hosted elsewhere ({rec.location_base})")
+        _check_checksum_type(repo, rec.checksum_type, href)
         records.append(
             MetadataRecord(rec.type, href, rec.checksum_type, rec.checksum, rec.size or None)
         )
@@ -151,8 +166,12 @@ def parse_packages(repo: str, meta: UpstreamMetadata) -> list[PackageRef]:
         href = pkg.location_href or ""
         try:
             safe_relpath(repo, href)
+            _check_checksum_type(repo, pkg.checksum_type, href)
         except UnsafePathError:
             problems.append(f"package {pkg.name}: refusing unsafe location href {href!r}")
+            return
+        except RepoSyncError as exc:
+            problems.append(f"package {pkg.name}: {exc}")
             return
         packages.append(
             PackageRef(

@@ -73,8 +73,24 @@ def apply_filter(packages: Sequence[PackageRef], rule: RepoFilter | None) -> lis
     return [p for p in chosen if id(p) in keep]
 
 
+def _unique_hrefs(packages: Sequence[PackageRef]) -> list[PackageRef]:
+    """One package per file: a primary.xml listing the same href twice (it happens with
+    hand-made repos) would have two downloads race on one file. Same bytes: keep one;
+    different checksums for one file: the metadata contradicts itself."""
+    seen: dict[str, PackageRef] = {}
+    for pkg in packages:
+        other = seen.setdefault(pkg.href, pkg)
+        if other is not pkg and (other.checksum, other.size) != (pkg.checksum, pkg.size):
+            raise DuplicateHref(pkg.href)
+    return list(seen.values())
+
+
+class DuplicateHref(ValueError):
+    pass
+
+
 def make_plan(packages: Sequence[PackageRef], rule: RepoFilter | None, published_dir: Path) -> Plan:
     """Packages already on disk with the right checksum are not downloaded again."""
-    selected = apply_filter(packages, rule)
+    selected = _unique_hrefs(apply_filter(packages, rule))
     missing = tuple(p for p in selected if not file_matches(published_dir / p.href, p.expected))
     return Plan(selected=tuple(selected), to_download=missing, filtered=rule is not None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mirror import gpg, state
 from mirror.config import Config
-from mirror.errors import MirrorError, RepoSyncError
+from mirror.errors import EXIT_SYNC_FAILED, MirrorError, RepoSyncError
 from mirror.http import Fetcher, FetchError, RequestOptions
 from mirror.progress import human_bytes
 from mirror.repofile import RepoTarget
@@ -31,7 +31,7 @@ from mirror.yum.metadata import (
     parse_packages,
     parse_repomd,
 )
-from mirror.yum.plan import Plan, make_plan
+from mirror.yum.plan import DuplicateHref, Plan, make_plan
 
 log = logging.getLogger("mirror.yum")
 
@@ -45,6 +45,7 @@ class RepoResult:
     downloaded_bytes: int = 0
     error: str | None = None
     fingerprint: str | None = None  # of what is now published; see _fingerprint
+    exit_code: int = 0  # of the error: 1 for a sync failure, 3 for a missing program
 
 
 def _options(target: RepoTarget) -> RequestOptions:
@@ -77,10 +78,20 @@ def _fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def publish_dir(cfg: Config, target: RepoTarget) -> Path:
+    """Where the target is published; strictly inside repos_root, or the sync is refused
+    (pruning a directory that holds other repos would delete their packages)."""
+    root = cfg.repos_root.resolve()
+    path = root.joinpath(*target.subpath).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise RepoSyncError(target.key, f"refusing to publish outside {root}")
+    return path
+
+
 def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool) -> RepoResult:
     d = target.definition
     opts = _options(target)
-    published = cfg.repos_root.joinpath(*target.subpath)
+    published = publish_dir(cfg, target)
     staging = cfg.data_dir / ".staging" / "repos" / target.key
     previous = state.load(cfg.state_root, "repos", target.key)
     keyfile = key_path(cfg, d.id)
@@ -123,7 +134,12 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     packages = parse_packages(target.key, meta)
 
     # Stage 4: plan.
-    plan = make_plan(packages, cfg.repo_filters.get(d.id), published)
+    try:
+        plan = make_plan(packages, cfg.repo_filters.get(d.id), published)
+    except DuplicateHref as exc:
+        raise RepoSyncError(
+            target.key, f"primary lists {exc} twice with different checksums"
+        ) from None
     log.info(
         "%s: %d packages upstream, %d selected, %d to download (%s)",
         target.key,
@@ -200,12 +216,12 @@ def sync_repos(
             result = sync_target(cfg, target, fetcher, dry_run)
         except MirrorError as exc:
             log.error("%s", exc)
-            result = RepoResult(target.key, changed=False, error=str(exc))
+            result = RepoResult(target.key, False, error=str(exc), exit_code=exc.exit_code)
             record.last_error = str(exc)
         except OSError as exc:  # disk full, permissions: name the repo, keep going
             message = f"repo {target.key}: {exc.strerror or exc} ({exc.filename or ''})"
             log.error("%s", message)
-            result = RepoResult(target.key, changed=False, error=message)
+            result = RepoResult(target.key, False, error=message, exit_code=EXIT_SYNC_FAILED)
             record.last_error = message
         else:
             if not dry_run:
@@ -214,7 +230,7 @@ def sync_repos(
                 record.last_error = None
                 record.packages = result.packages
                 if result.changed:
-                    published = cfg.repos_root.joinpath(*target.subpath)
+                    published = publish_dir(cfg, target)
                     record.bytes = sum(
                         f.stat().st_size for f in published.rglob("*.rpm") if f.is_file()
                     )

@@ -23,8 +23,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-SANDBOX_IMAGE="{{ sandbox_image }}"
-CERTS_DIR="{{ certs_dir }}"
+SANDBOX_IMAGE={{ sandbox_image | shquote }}
+CERTS_DIR={{ certs_dir | shquote }}
 CONFIG="$ROOT/etc/containerd/config.toml"
 CHANGED=0
 
@@ -67,7 +67,7 @@ set_toml_key() {
 }
 
 {% for host, content in hosts %}
-put_file "$ROOT$CERTS_DIR/{{ host }}/hosts.toml" '{{ content | replace("'", "'\\''") | trim }}'
+put_file "$ROOT$CERTS_DIR/"{{ host | shquote }}/hosts.toml {{ content | trim | shquote }}
 {% endfor %}
 
 if [ -z "$MAJOR" ]; then
