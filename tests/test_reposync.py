@@ -390,3 +390,24 @@ def test_stale_partial_download_from_an_earlier_run_is_restarted(mirror: Mirror)
     assert statuses == [206, 200]
     published = mirror.data / "repos/kubernetes/x86_64" / name
     assert published.read_bytes() == (mirror.upstream.k8s_repo / "x86_64" / name).read_bytes()
+
+
+def test_damaged_published_package_is_downloaded_again(mirror: Mirror, tmp_path: Path) -> None:
+    assert_ok(mirror.sync("--repo", "kubernetes"))
+    name = f"kubectl-1.28.1-{K8S_RELEASE}.x86_64.rpm"
+    damaged = mirror.data / "repos/kubernetes/x86_64" / name
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)  # new mtime: the cache rehashes it
+    up = mirror.upstream
+    add_package(
+        up.k8s_repo,
+        Pkg("kubectl", "1.28.8", K8S_RELEASE),
+        "x86_64",
+        up.key,
+        tmp_path / "build",
+        subdir="x86_64",
+    )
+    up.server.clear_log()
+    assert_ok(mirror.sync("--repo", "kubernetes"))
+    rpms = sorted(p.rsplit("/", 1)[1] for _, p, _ in up.server.requests if p.endswith(".rpm"))
+    assert rpms == sorted([name, f"kubectl-1.28.8-{K8S_RELEASE}.x86_64.rpm"])
+    assert damaged.read_bytes() == (up.k8s_repo / "x86_64" / name).read_bytes()

@@ -13,6 +13,7 @@ from rpm_vercmp import vercmp
 
 from mirror.config import RepoFilter
 from mirror.http import file_matches
+from mirror.yum.checksums import ChecksumCache
 from mirror.yum.metadata import PackageRef
 
 
@@ -89,8 +90,16 @@ class DuplicateHref(ValueError):
     pass
 
 
-def make_plan(packages: Sequence[PackageRef], rule: RepoFilter | None, published_dir: Path) -> Plan:
+def make_plan(
+    packages: Sequence[PackageRef],
+    rule: RepoFilter | None,
+    published_dir: Path,
+    checksums: ChecksumCache | None = None,
+) -> Plan:
     """Packages already on disk with the right checksum are not downloaded again."""
     selected = _unique_hrefs(apply_filter(packages, rule))
-    missing = tuple(p for p in selected if not file_matches(published_dir / p.href, p.expected))
+    if checksums is None:
+        missing = tuple(p for p in selected if not file_matches(published_dir / p.href, p.expected))
+    else:
+        missing = tuple(p for p in selected if not checksums.matches(published_dir, p))
     return Plan(selected=tuple(selected), to_download=missing, filtered=rule is not None)

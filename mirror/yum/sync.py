@@ -21,6 +21,7 @@ from mirror.http import Fetcher, FetchError, RequestOptions
 from mirror.progress import human_bytes
 from mirror.repofile import RepoTarget
 from mirror.yum import publish
+from mirror.yum.checksums import ChecksumCache
 from mirror.yum.download import download_packages
 from mirror.yum.metadata import (
     REPOMD,
@@ -134,8 +135,9 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     packages = parse_packages(target.key, meta)
 
     # Stage 4: plan.
+    checksums = ChecksumCache(cfg.state_root / "checksums" / f"{target.key}.json")
     try:
-        plan = make_plan(packages, cfg.repo_filters.get(d.id), published)
+        plan = make_plan(packages, cfg.repo_filters.get(d.id), published, checksums)
     except DuplicateHref as exc:
         raise RepoSyncError(
             target.key, f"primary lists {exc} twice with different checksums"
@@ -164,6 +166,8 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
 
     # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
     _publish(cfg, target, meta, plan, keys, published, staging)
+    checksums.record(published, plan.to_download)
+    checksums.save(plan.selected)
     shutil.rmtree(staging, ignore_errors=True)
     return RepoResult(
         target.key,
