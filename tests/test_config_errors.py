@@ -205,3 +205,19 @@ def test_unreachable_external_registry_exits_3_naming_it(tmp_path: Path) -> None
     proc = run_mirror(tmp_path, "-c", str(cfg), "sync", "--only", "images")
     assert proc.returncode == 3, proc.stderr
     assert f"127.0.0.1:{port}" in proc.stderr
+
+
+def test_bad_images_txt_line_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "images.txt").write_text("# ok\nnginx:1.25\n\nNot A Valid/Ref:x\n")
+    cfg = write(tmp_path, "")
+    proc = run_mirror(tmp_path, "-c", str(cfg), "sync", "--only", "images")
+    assert_one_line_error(proc, "images.txt: line 4")
+    assert not (tmp_path / "data" / "state").exists()
+
+
+def test_images_list_for_unknown_version_lists_the_known_range(tmp_path: Path) -> None:
+    proc = run_mirror(tmp_path, "images", "list", "--kubernetes-version", "1.23.0")
+    assert_one_line_error(proc, "kubernetes version '1.23.0'", "known: v1.24.0 ..")
+    ok = run_mirror(tmp_path, "images", "list", "--kubernetes-version", "v1.31.0")
+    assert ok.returncode == 0
+    assert ok.stdout.splitlines()[0] == "registry.k8s.io/kube-apiserver:v1.31.0"
