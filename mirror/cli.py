@@ -52,7 +52,8 @@ def _setup_logging(verbose: bool, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3 logs every retry as a WARNING; the one line per failed repo is ours to print.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _handle_errors(func: F) -> F:
