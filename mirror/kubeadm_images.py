@@ -16,12 +16,16 @@ Sources read (kubernetes/kubernetes unless noted):
   patch dates in kubernetes/website data/releases/schedule.yaml (several stored revisions).
 - Published `kubeadm config images list` output, cited as "output" below: a per-patch table of
   v1.22.0..v1.30.2 (a GitHub "hub-mirrors" README) and individual outputs produced by a kubeadm
-  binary of the stated version. Only the release-1.32 constants.go and images.go could be read
-  directly: the index holds one revision of each, so tag-by-tag source reads were not possible.
+  binary of the stated version (`config images list`/`pull`, `upgrade plan`, init logs, and the
+  static pods of clusters built by it). Only the release-1.32 constants.go and images.go could be
+  read directly: the index holds one revision of each, so tag-by-tag source reads were not
+  possible, and the stored CHANGELOG-1.3x.md revisions stop before most 2026 patch releases.
 
-Labels: INFERRED = placed from a merged cherry-pick PR and the patch-release dates, not seen in
-any output; UNVERIFIED = carried forward/back from the nearest verified patch with no source
-confirming it. Unlabelled values were seen in published output or in a PR diff/release note.
+Labels: INFERRED = not seen in any output for that patch, but placed from a merged cherry-pick PR
+and the patch-release dates, or bracketed by observed patches of the same minor with the same
+value and no cherry-pick found in between; UNVERIFIED = carried forward/back from the nearest
+verified patch with no source confirming it. Unlabelled values were seen in published output, an
+image listing named next to the row, or a PR diff/release note.
 """
 
 from __future__ import annotations
@@ -104,8 +108,9 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
             (7, "3.5.9-0", "v1.10.1", "3.9"),
             # output v1.27.10, v1.27.11
             (10, "3.5.10-0", "v1.10.1", "3.9"),
-            # output v1.27.12..15. v1.27.16: UNVERIFIED (no later etcd cherry-pick to 1.27
-            # was found; the 3.5.15 backports targeted 1.28..1.30 only).
+            # output v1.27.12..15; output v1.27.16 from a kubeadm v1.27.16 ("falling back to the
+            # local client version: v1.27.16", hub.8ops.top kubeadm notes), matching several
+            # `kubeadm config images list --kubernetes-version v1.27.16` listings.
             (12, "3.5.12-0", "v1.10.1", "3.9"),
         ),
     ),
@@ -118,8 +123,11 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
             # PR #121805; CHANGELOG-1.28.md v1.28.6: "Etcd: Update to version 3.5.10";
             # output v1.28.6..7
             (6, "3.5.10-0", "v1.10.1", "3.9"),
-            # PR #123196 (diff 28: "3.5.12-0"); output v1.28.8..11; v1.28.12..13 INFERRED (the
-            # next bump merged 2024-09-04, after the 1.28.13 cut).
+            # PR #123196 (diff 28: "3.5.12-0"); output v1.28.8..11; v1.28.12: `kubeadm init --v=5`
+            # pull log dated 08-03 (2024, v1.28.12 the newest 1.28) pulling etcd:3.5.12-0, pause 3.9
+            # and CoreDNS v1.10.1. v1.28.13 INFERRED (the next bump merged 2024-09-04, after the
+            # 1.28.13 cut; the one v1.28.13 list found is a hand-kept table that also gives v1.29.9
+            # 3.5.12-0, which output contradicts).
             (8, "3.5.12-0", "v1.10.1", "3.9"),
             # PR #126399 (diff 28: "3.5.12-0" -> "3.5.15-0", approved 2024-09-04; 1.28.14
             # cherry-pick deadline 2024-09-06); output from kubeadm v1.28.14 and v1.28.15.
@@ -133,9 +141,11 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
         (
             # output v1.29.0..2
             (0, "3.5.10-0", "v1.11.1", "3.9"),
-            # PR #123188; output v1.29.3..6; v1.29.7..8 INFERRED
+            # PR #123188; output v1.29.3..6; v1.29.7..8 INFERRED (no v1.29.7/8 output found; a
+            # v1.29.8 registry listing pairs etcd 3.5.12-0 with CoreDNS v1.10.1, so it is hand-made)
             (3, "3.5.12-0", "v1.11.1", "3.9"),
-            # PR #126397 (diff 29: "3.5.15-0"); output v1.29.9; v1.29.10 INFERRED
+            # PR #126397 (diff 29: "3.5.15-0"); output v1.29.9; v1.29.10 INFERRED (the one v1.29.10
+            # list found shows etcd 3.5.10-0, i.e. it came from a v1.29.0..2 kubeadm binary)
             (9, "3.5.15-0", "v1.11.1", "3.9"),
             # PR #127951 (release-1.29, lgtm 2024-11-11); PR #127953 thread: upgrading "from
             # 1.29.11 to 1.30.8" goes back to 3.5.15, so 1.29.11 has 3.5.16; output v1.29.15.
@@ -148,7 +158,9 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
     30: (
         14,
         (
-            # output v1.30.0..2; v1.30.3..4 INFERRED
+            # output v1.30.0..2; output v1.30.3 (`kubeadm config images list` without a version,
+            # two install notes, v1.30.3 the newest 1.30 then); output v1.30.4 ("kubeadm version:
+            # v1.30.4" followed by its image list): etcd 3.5.12-0, CoreDNS v1.11.1, pause 3.9.
             (0, "3.5.12-0", "v1.11.1", "3.9"),
             # PR #126395 (diff 30: "3.5.15-0") plus the CoreDNS v1.11.3 backport of #126449 that
             # #126796 (release-1.31) waited on; output from kubeadm v1.30.5 and v1.30.14.
@@ -164,8 +176,10 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
             # PR #126796 (release-1.31 cherry-pick of #126449, CoreDNS v1.11.3 "in 1.31.1"); output
             # v1.31.1. etcd backports #127955 (3.5.16), #129676 (3.5.17), #131959 (3.5.21): closed.
             (1, "3.5.15-0", "v1.11.3", "3.10"),
-            # INFERRED: PR #135020 (release-1.31, 31: "3.5.24-0", lgtm 2025-11-03, deadline
-            # 2025-11-07), same batch as #135018 that the v1.33.6 notes list. No v1.31.14 output.
+            # PR #135020 (release-1.31, 31: "3.5.24-0", lgtm 2025-11-03, deadline 2025-11-07),
+            # same batch as #135018 that the v1.33.6 notes list. v1.31.14 image lists in three
+            # unrelated offline-install notes: etcd 3.5.24-0, CoreDNS v1.11.3, pause 3.10 (lists
+            # copied from kubeadm, not a raw `kubeadm config images list`).
             (14, "3.5.24-0", "v1.11.3", "3.10"),
         ),
     ),
@@ -177,48 +191,76 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
             # output v1.32.0; #131958 (3.5.21) closed
             (0, "3.5.16-0", "v1.11.3", "3.10"),
             # PR #135019 (release-1.32); constants.go @ 00886ac has 32: "3.5.24-0"; output
-            # v1.32.13. First patch v1.32.10 INFERRED (same batch as #135018 -> v1.33.6).
+            # v1.32.13; a cluster built with kubeadm v1.32.11 runs etcd 3.5.24-0 and CoreDNS v1.11.3
+            # (kwx4957/k8s-deploy week3/kubeadm-upgrade/README.md). First patch v1.32.10 INFERRED
+            # (same batch as #135018 -> v1.33.6; no v1.32.10 output found).
             (10, "3.5.24-0", "v1.11.3", "3.10"),
         ),
     ),
-    # 1.33: pause 3.10. CoreDNS v1.12.0 is taken from several published image lists; no
-    # kubeadm-generated 1.33 output or 1.33 constants.go was readable: UNVERIFIED.
-    # Last patch 1.33.13 (schedule.yaml lists 1.33.12 on 2026-05-12; k3s builds reference
-    # v1.33.13 on 2026-06-10).
+    # 1.33: CoreDNS v1.12.0, pause 3.10: output v1.33.0 and v1.33.1 (`kubeadm config images
+    # pull`), and kubeadm v1.33.7 `upgrade plan` (CoreDNS v1.11.3 -> v1.12.0; kwx4957/k8s-deploy).
+    # kubeadm does not bump CoreDNS on a release branch once it is cut (kubernetes/kubeadm#3322).
+    # Last patch 1.33.13 (kubernetes/k8s.io#9592 promotes the v1.33.13 images, 2026-06-12; offline
+    # packages call it the final 1.33 patch; no v1.33.14 found).
     33: (
         13,
         (
-            # PR #134779 review comment (2025-10-22): "release-1.33 is at .21".
+            # PR #134779 review comment (2025-10-22): "release-1.33 is at .21"; output v1.33.0,
+            # v1.33.1 (etcd 3.5.21-0).
             (0, "3.5.21-0", "v1.12.0", "3.10"),
             # PR #135018; v1.33.6 release notes: "Kubeadm: updated the supported etcd version to
-            # v3.5.24". v1.33.7..13 UNVERIFIED (carried forward).
+            # v3.5.24". kubeadm v1.33.7 upgrade plan and apply: etcd 3.5.24-0 (kwx4957/k8s-deploy).
+            # v1.33.9: Spectro Cloud pack image list (etcd 3.5.24-0, CoreDNS v1.12.0). v1.33.8 and
+            # v1.33.10..13 UNVERIFIED (carried forward; no later 3.5.x backport to 1.33 was found).
             (6, "3.5.24-0", "v1.12.0", "3.10"),
         ),
     ),
-    # 1.34: CoreDNS v1.12.1, pause 3.10.1 (output v1.34.0, v1.34.1, v1.34.4). Last patch
-    # 1.34.11 (k3s builds reference v1.34.11 on 2026-08-17; schedule.yaml lists up to 1.34.8).
+    # 1.34: CoreDNS v1.12.1, pause 3.10.1 (output v1.34.0, v1.34.1, v1.34.2, v1.34.4; kubeadm
+    # v1.34.3 upgrade plan; a kind v1.34.11 cluster runs CoreDNS v1.12.1). Last patch 1.34.11 (k3s
+    # builds reference v1.34.11 on 2026-08-17, kind v1.34.11 node image; no v1.34.12 found).
     34: (
         11,
         (
-            # PR #133245 ("deliver etcd 3.6.4 with 1.34"); output
+            # PR #133245 ("deliver etcd 3.6.4 with 1.34"); output v1.34.0, v1.34.1
             (0, "3.6.4-0", "v1.12.1", "3.10.1"),
-            # 34: "3.6.5-0" is in a vendored copy of release-1.34 constants.go after PR #134861
-            # and in output from kubeadm v1.34.4. The switch happened in v1.34.2, .3 or .4:
-            # v1.34.2 is assumed (UNVERIFIED). v1.34.5..11 UNVERIFIED (carried forward).
+            # 34: "3.6.5-0" is in a vendored copy of release-1.34 constants.go after PR #134861.
+            # v1.34.2: `kubeadm config images list` for kubernetesVersion 1.34.2 logged 2025-12-06,
+            # before kubeadm v1.34.3 was built (2025-12-09) (MagicGopher's cluster install notes);
+            # kubeadm v1.34.3 upgrade plan: etcd 3.5.24-0 -> 3.6.5-0 (kwx4957/k8s-deploy); output
+            # v1.34.4; a v1.34.9 cluster and a kubeadm v1.34.10 version report run 3.6.5-0.
+            # v1.34.5..8 INFERRED (bracketed by v1.34.4 and v1.34.9; no release-1.34 pick of the
+            # 3.6.10/3.6.11 bumps #138392/#138746 was found). v1.34.11 etcd UNVERIFIED.
             (2, "3.6.5-0", "v1.12.1", "3.10.1"),
         ),
     ),
-    # 1.35: PR #135271 (master, key getSkewedKubernetesVersion(0): "3.6.5-0" -> "3.6.6-0"); a
-    # published v1.35.0 list shows etcd 3.6.6-0, CoreDNS v1.13.1, pause 3.10.1. No kubeadm-made
-    # 1.35 output was found: UNVERIFIED for every 1.35 patch. Last patch 1.35.8 (k3s builds
-    # reference v1.35.8 on 2026-08-17).
-    35: (8, ((0, "3.6.6-0", "v1.13.1", "3.10.1"),)),
-    # 1.36: output from kubeadm v1.36.4 (server tarball binaries): etcd 3.6.8-0, CoreDNS
-    # v1.14.2, pause 3.10.2. etcd 3.6.8 came from PR #137107 (master, 2026-02-18); the 3.6.9
-    # PRs were closed and #138392 (3.6.10) / #138746 (3.6.11) merged on master after the 1.36
-    # branch. v1.36.0..3 UNVERIFIED (carried back from v1.36.4). Last patch 1.36.4 (GitHub
-    # release published 2026-08-20). v1.37.0 exists (2026-08) but its constants were not found.
-    36: (4, ((0, "3.6.8-0", "v1.14.2", "3.10.2"),)),
+    # 1.35: etcd 3.6.6-0 (PR #135271, key getSkewedKubernetesVersion(0)), CoreDNS v1.13.1, pause
+    # 3.10.1. Output v1.35.0 (`kubeadm config images list`, hub.8ops.top kubeadm notes); v1.35.1:
+    # a minikube node with the same three tags, and kubernetes#141229 ("Kubernetes v1.35.1
+    # bundles CoreDNS v1.13.1", closed without a bump); v1.35.4: `kubeadm config images pull`
+    # with pause 3.10.1 (etcd/CoreDNS tags were pinned by the user there); v1.35.8: kubeadm
+    # clusters at v1.35.8 on etcd 3.6.6-0 and CoreDNS v1.13.1. No release-1.35 pick of the
+    # 3.6.8/3.6.10/3.6.11 bumps was found. v1.35.2..3 and v1.35.5..7 INFERRED (bracketed).
+    # Last patch 1.35.9 (Talos runbooks and image digests reference kube-apiserver/kube-proxy
+    # v1.35.9; no v1.35.10 found); v1.35.9 UNVERIFIED (carried forward).
+    35: (9, ((0, "3.6.6-0", "v1.13.1", "3.10.1"),)),
+    # 1.36: etcd 3.6.8-0 (PR #137107, master 2026-02-18), CoreDNS v1.14.2, pause 3.10.2. Output:
+    # a kind v1.36.1 cluster (etcd 3.6.8-0, CoreDNS v1.14.2); `kubeadm config images list` from
+    # kubeadm v1.36.2; kubeadm v1.36.4 (server tarball binaries); kubeadm v1.36.5 (unpacked from
+    # kubeadm_1.36.5-1.1_amd64.deb). The 3.6.9 PRs were closed; #138392 (3.6.10), #138746
+    # (3.6.11) and CoreDNS v1.14.3 (#138536, 2026-04-29) merged on master after the 1.36 branch.
+    # v1.36.0 INFERRED (Talos's defaults for k8s v1.36.0-alpha.2 already were CoreDNS v1.14.2 and
+    # etcd 3.6.8; v1.36.1 output matches); v1.36.3 INFERRED (bracketed). Last patch 1.36.5 (the
+    # outputs above; no v1.36.6 found).
+    36: (5, ((0, "3.6.8-0", "v1.14.2", "3.10.2"),)),
+    # 1.37: etcd 3.7.0-0 (PR #139427 3.7.0-rc.0, then #140333 "Updated the default etcd version to
+    # 3.7.0", 2026-07-08; the 3.7.1 PR #141032 was held past the 1.37 code freeze), CoreDNS
+    # v1.14.6 (PR #140497, merged 2026-07-17; v1.14.7 is #141462, approved 2026-08-27 for 1.38),
+    # pause 3.10.2. Output: `kubeadm config images list` from kubeadm v1.37.1 (etcd 3.7.0-0,
+    # CoreDNS v1.14.6, pause 3.10.2); v1.37.0: a kind cluster with kube-proxy v1.37.0 and CoreDNS
+    # v1.14.6 and a minikube v1.37.0 control plane on etcd 3.7.0-0 (pause INFERRED for v1.37.0).
+    # Last patch 1.37.1 (no v1.37.2 found). The config API stays v1beta4: the v1 API added in
+    # 1.37 is an experimental placeholder (CHANGELOG-1.37, v1.37.0-alpha.1, #136016).
+    37: (1, ((0, "3.7.0-0", "v1.14.6", "3.10.2"),)),
 }
 
 _KUBERNETES_IMAGES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")

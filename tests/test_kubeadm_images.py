@@ -21,7 +21,7 @@ from mirror.kubeadm_images import (
     normalize_version,
 )
 
-RANGE = "v1.24.0 .. v1.36.4"
+RANGE = "v1.24.0 .. v1.37.1"
 
 
 def _old_order(v: str, pause: str, etcd: str, coredns: str) -> list[str]:
@@ -240,6 +240,111 @@ def test_newest_v1_36_4_default_and_custom_repository() -> None:
     ]
 
 
+def _new_order(v: str, repo: str, coredns: str, pause: str, etcd: str) -> list[str]:
+    """kubeadm >= 1.29: ..., kube-proxy, coredns, pause, etcd."""
+    dns = f"{repo}/coredns" if repo == DEFAULT_IMAGE_REPOSITORY else repo
+    return [
+        f"{repo}/kube-apiserver:{v}",
+        f"{repo}/kube-controller-manager:{v}",
+        f"{repo}/kube-scheduler:{v}",
+        f"{repo}/kube-proxy:{v}",
+        f"{dns}/coredns:{coredns}",
+        f"{repo}/pause:{pause}",
+        f"{repo}/etcd:{etcd}",
+    ]
+
+
+def test_v1_27_16_matches_published_output() -> None:
+    assert image_set("v1.27.16").images() == _old_order("v1.27.16", "3.9", "3.5.12-0", "v1.10.1")
+    aliyun = "registry.aliyuncs.com/google_containers"
+    assert image_set("v1.27.16").images(aliyun)[4:] == [
+        f"{aliyun}/pause:3.9",
+        f"{aliyun}/etcd:3.5.12-0",
+        f"{aliyun}/coredns:v1.10.1",
+    ]
+
+
+def test_v1_28_12_matches_published_pull_log() -> None:
+    assert image_set("v1.28.12").images() == _old_order("v1.28.12", "3.9", "3.5.12-0", "v1.10.1")
+
+
+def test_v1_30_3_and_v1_30_4_match_published_output() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    for v in ("v1.30.3", "v1.30.4"):
+        assert image_set(v).images() == _new_order(v, r, "v1.11.1", "3.9", "3.5.12-0")
+    assert image_set("v1.30.4").images("registry.local")[4:] == [
+        "registry.local/coredns:v1.11.1",
+        "registry.local/pause:3.9",
+        "registry.local/etcd:3.5.12-0",
+    ]
+
+
+def test_v1_31_14_and_v1_32_11() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    assert image_set("v1.31.14").images() == _new_order(
+        "v1.31.14", r, "v1.11.3", "3.10", "3.5.24-0"
+    )
+    assert image_set("v1.32.11") == KubeadmImageSet("v1.32.11", "3.5.24-0", "v1.11.3", "3.10")
+
+
+def test_v1_33_0_and_v1_33_1_match_published_pull_output() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    for v in ("v1.33.0", "v1.33.1"):
+        assert image_set(v).images() == _new_order(v, r, "v1.12.0", "3.10", "3.5.21-0")
+
+
+def test_v1_33_7_matches_kubeadm_upgrade_plan_and_v1_33_9_pack() -> None:
+    assert image_set("v1.33.7") == KubeadmImageSet("v1.33.7", "3.5.24-0", "v1.12.0", "3.10")
+    assert image_set("v1.33.9") == KubeadmImageSet("v1.33.9", "3.5.24-0", "v1.12.0", "3.10")
+    assert image_set("v1.33.13").etcd == "3.5.24-0"
+
+
+def test_v1_34_2_and_v1_34_3_already_have_etcd_3_6_5() -> None:
+    aliyun = "registry.aliyuncs.com/google_containers"
+    assert image_set("v1.34.2").images(aliyun) == _new_order(
+        "v1.34.2", aliyun, "v1.12.1", "3.10.1", "3.6.5-0"
+    )
+    assert image_set("v1.34.3") == KubeadmImageSet("v1.34.3", "3.6.5-0", "v1.12.1", "3.10.1")
+    assert image_set("v1.34.1").etcd == "3.6.4-0"
+
+
+def test_v1_34_10_and_v1_34_11() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    assert image_set("v1.34.10").images() == _new_order(
+        "v1.34.10", r, "v1.12.1", "3.10.1", "3.6.5-0"
+    )
+    assert image_set("v1.34.11").coredns == "v1.12.1"
+
+
+def test_v1_35_0_matches_published_output() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    assert image_set("v1.35.0").images() == _new_order("v1.35.0", r, "v1.13.1", "3.10.1", "3.6.6-0")
+    hub = "hub.8ops.top/google_containers"
+    assert image_set("v1.35.0").images(hub) == _new_order(
+        "v1.35.0", hub, "v1.13.1", "3.10.1", "3.6.6-0"
+    )
+
+
+def test_v1_35_1_v1_35_4_v1_35_8_and_newest_v1_35_9() -> None:
+    assert image_set("v1.35.1") == KubeadmImageSet("v1.35.1", "3.6.6-0", "v1.13.1", "3.10.1")
+    assert image_set("v1.35.4").pause == "3.10.1"
+    assert image_set("v1.35.8") == KubeadmImageSet("v1.35.8", "3.6.6-0", "v1.13.1", "3.10.1")
+    assert image_set("v1.35.9") == KubeadmImageSet("v1.35.9", "3.6.6-0", "v1.13.1", "3.10.1")
+
+
+def test_v1_36_1_v1_36_2_and_newest_v1_36_5_match_published_output() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    for v in ("v1.36.1", "v1.36.2", "v1.36.5"):
+        assert image_set(v).images() == _new_order(v, r, "v1.14.2", "3.10.2", "3.6.8-0")
+
+
+def test_v1_37_0_and_newest_v1_37_1() -> None:
+    r = DEFAULT_IMAGE_REPOSITORY
+    assert image_set("v1.37.1").images() == _new_order("v1.37.1", r, "v1.14.6", "3.10.2", "3.7.0-0")
+    assert image_set("v1.37.0") == KubeadmImageSet("v1.37.0", "3.7.0-0", "v1.14.6", "3.10.2")
+    assert api_version_for("v1.37.0") == "kubeadm.k8s.io/v1beta4"
+
+
 # --- per-patch change points ---------------------------------------------------------------
 
 
@@ -262,23 +367,38 @@ def test_newest_v1_36_4_default_and_custom_repository() -> None:
         ("v1.27.7", "3.5.9-0"),
         ("v1.27.10", "3.5.10-0"),
         ("v1.27.12", "3.5.12-0"),
+        ("v1.27.16", "3.5.12-0"),
         ("v1.28.5", "3.5.9-0"),
         ("v1.28.7", "3.5.10-0"),
         ("v1.28.8", "3.5.12-0"),
+        ("v1.28.12", "3.5.12-0"),
         ("v1.28.13", "3.5.12-0"),
         ("v1.29.2", "3.5.10-0"),
         ("v1.29.3", "3.5.12-0"),
         ("v1.29.9", "3.5.15-0"),
         ("v1.29.11", "3.5.16-0"),
         ("v1.29.15", "3.5.16-0"),
+        ("v1.30.3", "3.5.12-0"),
         ("v1.30.4", "3.5.12-0"),
         ("v1.30.14", "3.5.15-0"),
         ("v1.31.13", "3.5.15-0"),
         ("v1.31.14", "3.5.24-0"),
         ("v1.32.9", "3.5.16-0"),
         ("v1.32.10", "3.5.24-0"),
+        ("v1.32.11", "3.5.24-0"),
+        ("v1.33.1", "3.5.21-0"),
         ("v1.33.5", "3.5.21-0"),
         ("v1.33.6", "3.5.24-0"),
+        ("v1.33.7", "3.5.24-0"),
+        ("v1.33.9", "3.5.24-0"),
+        ("v1.34.1", "3.6.4-0"),
+        ("v1.34.2", "3.6.5-0"),
+        ("v1.34.3", "3.6.5-0"),
+        ("v1.34.9", "3.6.5-0"),
+        ("v1.34.10", "3.6.5-0"),
+        ("v1.35.8", "3.6.6-0"),
+        ("v1.36.5", "3.6.8-0"),
+        ("v1.37.0", "3.7.0-0"),
     ],
 )
 def test_etcd_change_points(version: str, etcd: str) -> None:
@@ -299,6 +419,7 @@ def test_etcd_change_points(version: str, etcd: str) -> None:
         (34, "v1.12.1", "3.10.1"),
         (35, "v1.13.1", "3.10.1"),
         (36, "v1.14.2", "3.10.2"),
+        (37, "v1.14.6", "3.10.2"),
     ],
 )
 def test_coredns_and_pause_constant_within_minor(minor: int, coredns: str, pause: str) -> None:
@@ -371,7 +492,18 @@ def test_pre_releases_are_unknown(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["v1.23.17", "v1.24.18", "v1.30.15", "v1.36.5", "v1.37.0", "v2.0.0", "v0.24.0"]
+    "text",
+    [
+        "v1.23.17",
+        "v1.24.18",
+        "v1.30.15",
+        "v1.35.10",
+        "v1.36.6",
+        "v1.37.2",
+        "v1.38.0",
+        "v2.0.0",
+        "v0.24.0",
+    ],
 )
 def test_unknown_releases_name_the_known_range(text: str) -> None:
     with pytest.raises(UnknownKubernetesVersion) as exc:
@@ -390,14 +522,14 @@ def test_known_versions_are_ascending_and_gap_free_per_minor() -> None:
     assert parsed == sorted(parsed)
     assert len(set(versions)) == len(versions)
     assert versions[0] == "v1.24.0"
-    assert versions[-1] == "v1.36.4"
+    assert versions[-1] == "v1.37.1"
     last = {24: 17, 25: 16, 26: 15, 27: 16, 28: 15, 29: 15, 30: 14}
-    last |= {31: 14, 32: 13, 33: 13, 34: 11, 35: 8, 36: 4}
+    last |= {31: 14, 32: 13, 33: 13, 34: 11, 35: 9, 36: 5, 37: 1}
     by_minor: dict[int, list[int]] = {}
     for major, minor, patch in parsed:
         assert major == 1
         by_minor.setdefault(minor, []).append(patch)
-    assert sorted(by_minor) == list(range(24, 37))
+    assert sorted(by_minor) == list(range(24, 38))
     for minor, patches in by_minor.items():
         assert patches == list(range(last[minor] + 1)), minor
     assert len(versions) == sum(n + 1 for n in last.values())
@@ -420,6 +552,7 @@ def test_every_known_version_resolves_to_well_formed_tags() -> None:
         ("v1.30.14", "kubeadm.k8s.io/v1beta3"),
         ("1.31.0", "kubeadm.k8s.io/v1beta4"),
         ("v1.36.4", "kubeadm.k8s.io/v1beta4"),
+        ("v1.37.1", "kubeadm.k8s.io/v1beta4"),
     ],
 )
 def test_api_version_for(version: str, api: str) -> None:
@@ -428,4 +561,4 @@ def test_api_version_for(version: str, api: str) -> None:
 
 def test_api_version_for_unknown_release_raises() -> None:
     with pytest.raises(UnknownKubernetesVersion):
-        api_version_for("v1.37.0")
+        api_version_for("v1.38.0")
