@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 from filelock import FileLock, Timeout
@@ -169,15 +169,7 @@ def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[t
         results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
     finally:
         fetcher.close()
-    ok = [r for r in results if not r.error]
-    changed = sum(1 for r in ok if r.changed)
-    log.info(
-        "repos: %d ok (%d changed, %d unchanged), %d failed",
-        len(ok),
-        changed,
-        len(ok) - changed,
-        len(results) - len(ok),
-    )
+    _log_summary("repos", "changed", results)
     return [(r.error, r.exit_code) for r in results if r.error]
 
 
@@ -193,16 +185,30 @@ def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[tuple
     except MirrorError as exc:  # registry missing or unreachable: every image failed
         log.error("%s", exc)
         return [(f"images: {exc}", exc.exit_code)]
+    _log_summary("images", "copied", results)
+    return [(r.error, EXIT_SYNC_FAILED) for r in results if r.error]
+
+
+class _Outcome(Protocol):
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def changed(self) -> bool: ...
+
+
+def _log_summary(kind: str, verb: str, results: Sequence[_Outcome]) -> None:
     ok = [r for r in results if not r.error]
     changed = sum(1 for r in ok if r.changed)
+    unchanged, failed = len(ok) - changed, len(results) - len(ok)
     log.info(
-        "images: %d ok (%d copied, %d unchanged), %d failed",
+        "%s: %d ok (%d %s, %d unchanged), %d failed",
+        kind,
         len(ok),
         changed,
-        len(ok) - changed,
-        len(results) - len(ok),
+        verb,
+        unchanged,
+        failed,
     )
-    return [(r.error, EXIT_SYNC_FAILED) for r in results if r.error]
 
 
 @main.command()

@@ -12,7 +12,6 @@ import os
 import re
 import runpy
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from tests.conftest import stop_process
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SERVICES = ("mirror-web.service", "mirror-registry.service", "mirror-sync.service")
@@ -87,16 +88,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], *logs: Path, timeout: fl
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}:\n{_tail(*logs)}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """The process was started in its own session: signal its group, by its pid."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+stop = stop_process  # started in its own session: signal its group, by its pid
 
 
 # --- systemd units: static --------------------------------------------------------------------
