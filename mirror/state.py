@@ -43,6 +43,12 @@ class ItemState:
         return self.last_success is not None and self.last_error is None
 
 
+def _from_dict(data: dict[str, Any]) -> ItemState:
+    """Fields this version knows; a state file written by a newer one still loads."""
+    known = set(ItemState.__dataclass_fields__)
+    return ItemState(**{k: v for k, v in data.items() if k in known})
+
+
 def _file(root: Path, kind: Kind, key: str) -> Path:
     safe = key.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
     return root / kind / f"{safe}.json"
@@ -53,8 +59,7 @@ def load(root: Path, kind: Kind, key: str) -> ItemState:
         data: dict[str, Any] = json.loads(_file(root, kind, key).read_text())
     except (FileNotFoundError, ValueError):
         return ItemState(key=key)
-    known = set(ItemState.__dataclass_fields__)
-    return ItemState(**{k: v for k, v in data.items() if k in known})
+    return _from_dict(data)
 
 
 def save(root: Path, kind: Kind, state: ItemState) -> None:
@@ -75,6 +80,5 @@ def load_all(root: Path, kind: Kind) -> list[ItemState]:
             data = json.loads(path.read_text())
         except ValueError:
             continue
-        known = set(ItemState.__dataclass_fields__)
-        states.append(ItemState(**{k: v for k, v in data.items() if k in known}))
+        states.append(_from_dict(data))
     return states

@@ -22,7 +22,9 @@ import requests
 
 from tests.fixtures import (
     GpgKey,
+    Pkg,
     UpstreamServer,
+    add_package,
     docker_ce_fixture,
     kill_agent,
     kubernetes_fixture,
@@ -95,6 +97,10 @@ class Upstream:
 
     def docker_repo(self, releasever: str = "9", arch: str = "x86_64") -> Path:
         return self.root / "linux" / "centos" / releasever / arch / "stable"
+
+    def add_k8s_package(self, pkg: Pkg, workdir: Path, arch: str = "x86_64") -> Path:
+        """Build, sign and add `pkg` to the kubernetes repo (OBS layout: rpms in ARCH/)."""
+        return add_package(self.k8s_repo, pkg, arch, self.key, workdir, subdir=arch)
 
 
 @pytest.fixture

@@ -68,10 +68,9 @@ def rpm_k(dbpath: Path, files: list[Path]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKey]:
-    gpg_key = make_gpg_key(tmp_path_factory.mktemp("key"))
-    yield gpg_key
-    kill_agent(gpg_key)
+def key(gpg_key: GpgKey) -> GpgKey:
+    """The session's throwaway key (tests/conftest.py), under the name these tests use."""
+    return gpg_key
 
 
 @pytest.fixture(scope="module")

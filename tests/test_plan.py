@@ -8,6 +8,7 @@ import pytest
 
 from mirror.config import RepoFilter
 from mirror.errors import UnsafePathError
+from mirror.yum.checksums import ChecksumCache
 from mirror.yum.metadata import PackageRef, safe_relpath
 from mirror.yum.plan import DuplicateHref, apply_filter, make_plan
 
@@ -39,10 +40,11 @@ def test_include_exclude_globs_match_name_version_release() -> None:
 
 def test_duplicate_hrefs_are_planned_once_or_refused(tmp_path: Path) -> None:
     a = pkg("kubeadm", "1.28.4")
-    plan = make_plan([a, a], None, tmp_path)
+    cache = ChecksumCache(tmp_path / "checksums.json")
+    plan = make_plan([a, a], None, tmp_path, cache)
     assert plan.to_download == (a,)
     with pytest.raises(DuplicateHref):
-        make_plan([a, pkg("kubeadm", "1.28.4", checksum="other")], None, tmp_path)
+        make_plan([a, pkg("kubeadm", "1.28.4", checksum="other")], None, tmp_path, cache)
 
 
 @pytest.mark.parametrize("href", ["../x.rpm", "a/../../x.rpm", "/x.rpm", "http://h/x", "a\\b.rpm"])

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import Mirror, stop_process
-from tests.fixtures import DnfRoot, Pkg, add_package, corrupt_file, make_gpg_key, remove_package
+from tests.fixtures import DnfRoot, Pkg, corrupt_file, make_gpg_key, remove_package
 from tests.fixtures.yumrepo import K8S_RELEASE, sign_detached
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ def test_new_package_appears_and_removed_one_disappears(mirror: Mirror, tmp_path
     up = mirror.upstream
     k8s = mirror.data / "repos" / "kubernetes"
     new = Pkg("kubectl", "1.28.3", K8S_RELEASE)
-    add_package(up.k8s_repo, new, "x86_64", up.key, tmp_path / "build", subdir="x86_64")
+    up.add_k8s_package(new, tmp_path / "build")
     remove_package(up.k8s_repo, f"kubectl-1.28.0-{K8S_RELEASE}.x86_64.rpm", up.key)
 
     generation_before = {
@@ -137,7 +137,7 @@ def test_corrupt_package_fails_repo_and_keeps_previous_copy(mirror: Mirror, tmp_
     k8s = mirror.data / "repos" / "kubernetes"
     before = (k8s / "repodata" / "repomd.xml").read_bytes()
     pkg = Pkg("kubeadm", "1.28.3", K8S_RELEASE, ("kubelet >= 1.28.0",))
-    path = add_package(up.k8s_repo, pkg, "x86_64", up.key, tmp_path / "build", subdir="x86_64")
+    path = up.add_k8s_package(pkg, tmp_path / "build")
     corrupt_file(path)  # same size, wrong bytes: only the checksum can tell
     # ... and a change in another repo, which must still sync.
     remove_package(up.docker_repo(), "docker-ce-cli-*", up.key)
@@ -171,14 +171,7 @@ def test_bad_repomd_signature_is_refused(mirror: Mirror, tmp_path: Path) -> None
     before = (k8s / "repodata" / "repomd.xml").read_bytes()
     up = mirror.upstream
     # Upstream changes and its repomd.xml gets signed by a key that is not the repo's.
-    add_package(
-        up.k8s_repo,
-        Pkg("kubectl", "1.28.9", K8S_RELEASE),
-        "x86_64",
-        up.key,
-        tmp_path / "build",
-        subdir="x86_64",
-    )
+    up.add_k8s_package(Pkg("kubectl", "1.28.9", K8S_RELEASE), tmp_path / "build")
     intruder = make_gpg_key(tmp_path / "intruder", "Intruder")
     sign_detached(intruder, up.k8s_repo / "repodata" / "repomd.xml")
     proc = mirror.sync("--repo", "kubernetes")
@@ -271,7 +264,7 @@ def test_filtered_repo_gets_fresh_metadata_and_installs(mirror: Mirror, tmp_path
 def test_transient_upstream_faults_are_retried_and_resumed(mirror: Mirror, tmp_path: Path) -> None:
     up = mirror.upstream
     big = Pkg("kubectl", "1.28.7", K8S_RELEASE, payload_size=400_000)
-    add_package(up.k8s_repo, big, "x86_64", up.key, tmp_path / "build", subdir="x86_64")
+    up.add_k8s_package(big, tmp_path / "build")
     prefix = "/core:/stable:/v1.28/rpm/x86_64/"
     server = up.server
     server.fail_next(prefix + "kubelet-1.28.2", status=503, times=2)
@@ -358,14 +351,7 @@ def test_concurrent_dnf_during_publish_sees_complete_repo(mirror: Mirror, tmp_pa
     try:
         up = mirror.upstream
         for n in range(3, 6):
-            add_package(
-                up.k8s_repo,
-                Pkg("kubectl", f"1.28.{n}", K8S_RELEASE),
-                "x86_64",
-                up.key,
-                tmp_path / "build",
-                subdir="x86_64",
-            )
+            up.add_k8s_package(Pkg("kubectl", f"1.28.{n}", K8S_RELEASE), tmp_path / "build")
             assert_ok(mirror.sync("--repo", "kubernetes"))
     finally:
         stop.set()
@@ -398,14 +384,7 @@ def test_damaged_published_package_is_downloaded_again(mirror: Mirror, tmp_path:
     damaged = mirror.data / "repos/kubernetes/x86_64" / name
     damaged.write_bytes(b"\0" * damaged.stat().st_size)  # new mtime: the cache rehashes it
     up = mirror.upstream
-    add_package(
-        up.k8s_repo,
-        Pkg("kubectl", "1.28.8", K8S_RELEASE),
-        "x86_64",
-        up.key,
-        tmp_path / "build",
-        subdir="x86_64",
-    )
+    up.add_k8s_package(Pkg("kubectl", "1.28.8", K8S_RELEASE), tmp_path / "build")
     up.server.clear_log()
     assert_ok(mirror.sync("--repo", "kubernetes"))
     rpms = sorted(p.rsplit("/", 1)[1] for _, p, _ in up.server.requests if p.endswith(".rpm"))

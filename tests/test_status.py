@@ -47,7 +47,8 @@ def test_api_status_validates_and_metrics_change_after_sync(mirror: Mirror) -> N
     jsonschema.validate(status, SCHEMA)
     (repo,) = status["repos"]
     assert repo["key"] == "kubernetes" and repo["ok"] and repo["packages"] == 22
-    assert repo["bytes"] > 0 and repo["last_error"] is None
+    on_disk = sum(f.stat().st_size for f in (mirror.data / "repos/kubernetes").rglob("*.rpm"))
+    assert repo["bytes"] == on_disk > 0 and repo["last_error"] is None
     assert status["registry"]["up"] is False  # no registry in this test: reported, not hidden
 
     samples = metric_samples(client.get("/metrics").text)

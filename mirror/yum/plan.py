@@ -12,7 +12,6 @@ from pathlib import Path
 from rpm_vercmp import vercmp
 
 from mirror.config import RepoFilter
-from mirror.http import file_matches
 from mirror.yum.checksums import ChecksumCache
 from mirror.yum.metadata import PackageRef
 
@@ -94,12 +93,9 @@ def make_plan(
     packages: Sequence[PackageRef],
     rule: RepoFilter | None,
     published_dir: Path,
-    checksums: ChecksumCache | None = None,
+    checksums: ChecksumCache,
 ) -> Plan:
     """Packages already on disk with the right checksum are not downloaded again."""
     selected = _unique_hrefs(apply_filter(packages, rule))
-    if checksums is None:
-        missing = tuple(p for p in selected if not file_matches(published_dir / p.href, p.expected))
-    else:
-        missing = tuple(p for p in selected if not checksums.matches(published_dir, p))
+    missing = tuple(p for p in selected if not checksums.matches(published_dir, p))
     return Plan(selected=tuple(selected), to_download=missing, filtered=rule is not None)

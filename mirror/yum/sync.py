@@ -44,6 +44,7 @@ class RepoResult:
     packages: int = 0
     downloaded: int = 0
     downloaded_bytes: int = 0
+    total_bytes: int | None = None  # size of the published packages
     error: str | None = None
     fingerprint: str | None = None  # of what is now published; see _fingerprint
     exit_code: int = 0  # of the error: 1 for a sync failure, 3 for a missing program
@@ -107,7 +108,13 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     )
     if up_to_date:
         log.info("%s: unchanged upstream, nothing to do", target.key)
-        return RepoResult(target.key, False, previous.packages or 0, fingerprint=fingerprint)
+        return RepoResult(
+            target.key,
+            False,
+            previous.packages or 0,
+            total_bytes=previous.bytes,
+            fingerprint=fingerprint,
+        )
 
     keys = fetch_keys(target, fetcher, opts) if target.gpgkeys else b""
     signature = None
@@ -175,6 +182,7 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
         len(plan.selected),
         len(plan.to_download),
         plan.download_bytes,
+        total_bytes=plan.total_bytes,
         fingerprint=fingerprint,
     )
 
@@ -233,11 +241,7 @@ def sync_repos(
                 record.last_success = state.now_iso()
                 record.last_error = None
                 record.packages = result.packages
-                if result.changed:
-                    published = publish_dir(cfg, target)
-                    record.bytes = sum(
-                        f.stat().st_size for f in published.rglob("*.rpm") if f.is_file()
-                    )
+                record.bytes = result.total_bytes
         record.duration_s = round(time.monotonic() - started, 3)
         if not dry_run:
             state.save(cfg.state_root, "repos", record)
