@@ -1,16 +1,24 @@
-"""The web service: `create_app(config)` is the Flask app factory used by gunicorn and tests."""
+"""The web service: `create_app(config)` is the Flask app factory used by gunicorn and tests.
+
+Flask is imported inside `create_app`, not here: `mirror sync` imports `mirror.web.static` to
+render the static node files, and must not pay for Flask doing so.
+"""
 
 from __future__ import annotations
 
 import shlex
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from mirror.config import Config
 from mirror.repofile import load_definitions
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 
 def create_app(cfg: Config) -> Flask:
+    from flask import Flask
+
     app = Flask(__name__)
     # Every value rendered into a shell script goes through shquote, whatever validated it.
     app.jinja_env.filters["shquote"] = shlex.quote

@@ -1,12 +1,18 @@
-"""Routes nodes fetch to join: kubeadm config, containerd and CRI-O mirror settings, images.txt."""
+"""Routes nodes fetch to join: kubeadm config, containerd and CRI-O mirror settings, images.txt.
+
+The bodies come from mirror.web.documents, the same renderers `render_static` writes to disk
+for nginx; here they are rendered per request, which is what query parameters need.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from mirror import nodeconfig
 from mirror.config import Config
 from mirror.errors import ConfigError
+from mirror.repofile import RepoDefinition
+from mirror.web import documents
 
 bp = Blueprint("nodes", __name__)
 
@@ -16,8 +22,13 @@ def _cfg() -> Config:
     return cfg
 
 
-def _text(body: str, mimetype: str = "text/plain") -> Response:
-    return Response(body, mimetype=mimetype)
+def _definitions() -> list[RepoDefinition]:
+    defs: list[RepoDefinition] = current_app.config["MIRROR_REPOS"]
+    return defs
+
+
+def _text(body: str) -> Response:
+    return Response(body, mimetype=documents.mimetype_for(request.path))
 
 
 def _error(status: int, message: str) -> Response:
@@ -46,7 +57,7 @@ def kubeadm_config() -> Response:
         body = nodeconfig.kubeadm_config(_cfg(), _version(), settings)
     except ValueError as exc:
         return _error(400, str(exc))
-    return _text(body, "application/yaml")
+    return Response(body, mimetype="application/yaml")
 
 
 @bp.get("/containerd/certs.d/<host>/hosts.toml")
@@ -54,57 +65,31 @@ def containerd_hosts(host: str) -> Response:
     cfg = _cfg()
     if host not in nodeconfig.mirrored_hosts(cfg):
         abort(404)
-    return _text(nodeconfig.hosts_toml(cfg, host), "application/toml")
+    return _text(documents.hosts_toml(cfg, host))
 
 
 @bp.get("/containerd/setup.sh")
 def containerd_setup() -> Response:
-    cfg = _cfg()
-    hosts = [(h, nodeconfig.hosts_toml(cfg, h)) for h in nodeconfig.mirrored_hosts(cfg)]
-    script = render_template(
-        "containerd-setup.sh",
-        base_url=cfg.base_url,
-        certs_dir=nodeconfig.CERTS_DIR,
-        sandbox_image=nodeconfig.pause_image(cfg, _version()),
-        hosts=hosts,
-    )
-    return _text(script, "text/x-shellscript")
+    return _text(documents.containerd_setup(_cfg(), _version()))
 
 
 @bp.get("/crio/registries.conf")
 def crio_registries() -> Response:
-    cfg = _cfg()
-    body = nodeconfig.crio_registries_conf(cfg, nodeconfig.mirrored_hosts(cfg))
-    return _text(body, "application/toml")
+    return _text(documents.crio_registries(_cfg()))
 
 
 @bp.get("/crio/crio.conf")
 def crio_conf() -> Response:
-    return _text(nodeconfig.crio_conf(_cfg(), _version()), "application/toml")
+    return _text(documents.crio_conf(_cfg(), _version()))
 
 
 @bp.get("/images.txt")
 def images_txt() -> Response:
     """upstream reference, mirrored reference@digest: one image per line."""
-    from mirror.images.sync import mirrored_images
-
-    lines = ["# upstream mirrored@digest (from the last sync)"]
-    for upstream, mirrored, digest in mirrored_images(_cfg()):
-        lines.append(f"{upstream} {mirrored}@{digest}")
-    return _text("\n".join(lines) + "\n")
+    return _text(documents.images_txt(_cfg()))
 
 
 @bp.get("/bootstrap.sh")
 def bootstrap() -> Response:
     """Node preparation script; `curl -fsS BASE/bootstrap.sh | sudo bash -s -- --runtime ...`."""
-    cfg = _cfg()
-    version = nodeconfig.default_version(cfg) if cfg.kubernetes_versions else ""
-    defs = current_app.config["MIRROR_REPOS"]
-    script = render_template(
-        "bootstrap.sh",
-        base_url=cfg.base_url,
-        kubernetes_version=version,
-        registry=cfg.registry.url,
-        repo_ids=[d.id for d in defs],
-    )
-    return _text(script, "text/x-shellscript")
+    return _text(documents.bootstrap(_cfg(), _definitions()))

@@ -14,7 +14,7 @@ from werkzeug.wsgi import wrap_file
 
 from mirror.config import Config
 from mirror.repofile import RepoDefinition
-from mirror.web import repofiles
+from mirror.web import documents
 
 bp = Blueprint("repos", __name__)
 
@@ -34,22 +34,45 @@ def _definitions() -> list[RepoDefinition]:
 def repo_tree(subpath: str) -> Response:
     root = _cfg().repos_root
     target = safe_join(str(root), subpath) if subpath else str(root)
-    if target is None:
+    # Hidden names anywhere in the path (temp files, a staging dir) are not published;
+    # nginx's rule is the same (`location ~ /\.`).
+    if target is None or any(part.startswith(".") for part in subpath.split("/")):
         abort(404)
     path = Path(target)
     if path.is_dir():
+        if not _real_path_is(str(path), _expected_real(root, path)):
+            abort(404)
         if subpath and not request.path.endswith("/"):
             return Response(status=301, headers={"Location": request.path + "/"})
         return _listing(path, request.path)
     if not path.is_file() or path.name.endswith((".part",)) or path.name.startswith("."):
         abort(404)
-    resp = send_consistent(path)
+    resp = send_consistent(path, root=root)
     if path.name == "repomd.xml" or path.name.startswith("repomd.xml."):
         resp.headers["Cache-Control"] = "no-cache"  # the one file that changes in place
     return resp
 
 
-def send_consistent(path: Path, mimetype: str | None = None) -> Response:
+def _expected_real(root: Path, path: Path) -> str:
+    """Where `path` (already normalized under `root` by safe_join) is when no symlink is
+    followed on the way from root down to it."""
+    return os.path.join(os.path.realpath(root), os.path.relpath(path, root))
+
+
+def _real_path_is(path: str, expected: str) -> bool:
+    return os.path.realpath(path) == expected
+
+
+def _fd_path_is(fd: int, expected: str) -> bool:
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: fall back to the path (racy, still refuses planted links)
+        return True
+    # A file renamed over after our open (a publish) is still the file we meant to send.
+    return real.removesuffix(" (deleted)") == expected
+
+
+def send_consistent(path: Path, mimetype: str | None = None, *, root: Path) -> Response:
     """Send a file whose headers and body are guaranteed to describe the same inode.
 
     werkzeug's send_file stats the path and then opens it; when publish renames a new
@@ -57,10 +80,17 @@ def send_consistent(path: Path, mimetype: str | None = None) -> Response:
     to another, and the client hangs waiting for bytes. Opening first and fstat-ing the
     open file closes that gap. Range, ETag, Last-Modified and 304s come from
     make_conditional; under gunicorn the body goes out via wsgi.file_wrapper (sendfile).
+
+    Symlinks below `root` are not followed (a link planted in the published tree must not
+    hand out a file from elsewhere), the rule nginx applies with `disable_symlinks on`.
+    The check is on the open descriptor, so no rename between check and open can fool it.
     """
     try:
         fh = path.open("rb")
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+        abort(404)  # ValueError: a NUL byte in the name
+    if not _fd_path_is(fh.fileno(), _expected_real(root, path)):
+        fh.close()
         abort(404)
     st = os.fstat(fh.fileno())
     guessed = mimetype or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -82,7 +112,7 @@ def _listing(directory: Path, url_path: str) -> Response:
         (
             p
             for p in directory.iterdir()
-            if not p.name.startswith(".") and not p.name.endswith(".part")
+            if not p.name.startswith(".") and not p.name.endswith(".part") and not p.is_symlink()
         ),
         key=lambda p: (not p.is_dir(), p.name),
     )
@@ -101,14 +131,14 @@ def _listing(directory: Path, url_path: str) -> Response:
 
 @bp.get("/repofiles/mirror.repo")
 def all_repofiles() -> Response:
-    return Response(repofiles.render(_definitions(), _cfg()), mimetype="text/plain")
+    return Response(documents.mirror_repo(_cfg(), _definitions()), mimetype="text/plain")
 
 
 @bp.get("/repofiles/<repo_id>.repo")
 def one_repofile(repo_id: str) -> Response:
     for definition in _definitions():
         if definition.id == repo_id:
-            return Response(repofiles.render([definition], _cfg()), mimetype="text/plain")
+            return Response(documents.one_repo(_cfg(), definition), mimetype="text/plain")
     abort(404)
 
 
@@ -116,4 +146,5 @@ def one_repofile(repo_id: str) -> Response:
 def repo_key(repo_id: str) -> Response:
     if not any(d.id == repo_id for d in _definitions()):
         abort(404)
-    return send_consistent(_cfg().keys_root / f"{repo_id}.gpg", "application/pgp-keys")
+    root = _cfg().keys_root
+    return send_consistent(root / f"{repo_id}.gpg", "application/pgp-keys", root=root)

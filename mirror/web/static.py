@@ -1,0 +1,88 @@
+"""Render every request-independent document into `<data_dir>/www/`, for nginx to serve.
+
+`render_static(cfg)` runs at the end of `mirror sync` and when `mirror serve` starts. The tree
+mirrors the URL space: `/repofiles/mirror.repo` is `<data_dir>/www/repofiles/mirror.repo`.
+Each file is written with `mirror.fsutil.atomic_write` (a reader sees the old or the new file,
+never a mix) and only when its content changed, so its mtime, and with it nginx's ETag and
+Last-Modified, stay put while nothing changes. Files no longer rendered (a repo or registry
+host dropped from the config) are removed. Requests with a query string, and any rendered
+path missing here, are answered by the Flask app, which renders with the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from mirror.config import Config
+from mirror.errors import ConfigError
+from mirror.fsutil import atomic_write
+from mirror.repofile import RepoDefinition, load_definitions
+
+log = logging.getLogger(__name__)
+WWW_DIR = "www"
+
+
+def static_root(cfg: Config) -> Path:
+    return cfg.data_dir / WWW_DIR
+
+
+def render_static(cfg: Config, definitions: list[RepoDefinition] | None = None) -> None:
+    """(Re)write `<data_dir>/www/` from the config, the .repo definitions and sync state.
+
+    A config problem in one document (e.g. a bad images.txt) skips the documents that need
+    it, with a warning; the app then answers those paths with its error. Disk errors
+    (ENOSPC, EROFS, ...) propagate: the caller decides whether they are fatal.
+    """
+    from mirror.web.documents import static_documents
+
+    defs = load_definitions(cfg) if definitions is None else definitions
+    root = static_root(cfg)
+    try:
+        docs = static_documents(cfg, defs)
+    except ConfigError as exc:
+        log.warning("node files not rendered: %s", exc)
+        docs = {}
+    wanted: set[Path] = set()
+    for url_path, render in docs.items():
+        body = _render_one(url_path, render)
+        if body is None:
+            continue
+        target = root / url_path.lstrip("/")
+        wanted.add(target)
+        _write_if_changed(target, body.encode("utf-8"))
+    _remove_stale(root, wanted)
+
+
+def _render_one(url_path: str, render: Callable[[], str]) -> str | None:
+    try:
+        return render()
+    except (ConfigError, ValueError) as exc:
+        log.warning("%s not rendered: %s", url_path, exc)
+        return None
+
+
+def _write_if_changed(target: Path, data: bytes) -> None:
+    try:
+        if target.read_bytes() == data:
+            return
+    except OSError:
+        pass  # missing (or unreadable): write it
+    atomic_write(target, data, 0o644)
+
+
+def _remove_stale(root: Path, wanted: set[Path]) -> None:
+    """Delete files under root that are not rendered any more (temp files of a crashed
+    render included), then the directories that became empty."""
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        here = Path(dirpath)
+        for name in filenames:
+            path = here / name
+            if path not in wanted:
+                path.unlink(missing_ok=True)
+        if here != root and not any(here.iterdir()):
+            here.rmdir()
