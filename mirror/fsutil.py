@@ -4,12 +4,17 @@ rename, fsync the directory.
 A rename without fsync can survive a power loss while the data it points at does not (an empty
 repomd.xml after a crash is the classic result on ext4/xfs with delayed allocation). Every
 writer of published files, state and configs goes through here.
+
+Temp files are named `.NAME.tmp-PID`: hidden (never served, never listed) and tagged with the
+writer's pid, so a later writer can tell a temp file left by a killed process (pid gone) from
+one a live process is still writing, and remove only the former.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 TMP_PREFIX = "."  # temp files are hidden: never served, never listed
@@ -42,20 +47,87 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TMP_PREFIX) and TMP_MARK in name
 
 
+def _temp_owner(name: str) -> int | None:
+    """The pid a temp file name carries, None when `name` is no temp name of ours."""
+    if not is_temp_name(name):
+        return None
+    pid = name.rsplit(TMP_MARK, 1)[1]
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def is_stale_temp(path: Path) -> bool:
+    """A temp file whose writer is gone (killed mid-write): garbage, safe to delete."""
+    pid = _temp_owner(path.name)
+    return pid is not None and pid != os.getpid() and not _alive(pid)
+
+
+def remove_stale_temps(directory: Path, target: str | None = None) -> int:
+    """Delete stale temp files in `directory` (only those of file `target` when given)."""
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if target is not None and not entry.name.startswith(f"{TMP_PREFIX}{target}{TMP_MARK}"):
+            continue
+        if is_stale_temp(entry) and not entry.is_symlink() and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed += 1
+    return removed
+
+
+def ensure_dir(path: Path) -> None:
+    """mkdir -p whose new entries survive a power loss: each created directory's parent is
+    fsynced, or a renamed-in file could end up in a directory that no longer exists."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+        fsync_dir(directory.parent)
+
+
 def durable_replace(src: Path, dest: Path, *, sync_src: bool = True) -> None:
     """Rename `src` over `dest` so that after a crash `dest` is either the old or the new file,
     complete. `sync_src=False` when the caller already fsynced the file's data."""
+    durable_move_all([(src, dest)], sync_src=sync_src)
+
+
+def durable_move_all(moves: Iterable[tuple[Path, Path]], *, sync_src: bool = True) -> None:
+    """Rename many files into place (src, dest): every file's data is fsynced before any
+    rename, and every touched directory once after all of them (one fsync per directory,
+    not per file: a repo publishes thousands of packages into a handful of directories)."""
+    pending = list(moves)
     if sync_src:
-        fsync_file(src)
-    os.replace(src, dest)
-    fsync_dir(dest.parent)
-    if src.parent != dest.parent:
-        fsync_dir(src.parent)
+        for src, _dest in pending:
+            fsync_file(src)
+    dirs: dict[Path, None] = {}
+    for src, dest in pending:
+        if dest.parent not in dirs:
+            ensure_dir(dest.parent)
+        os.replace(src, dest)
+        dirs[dest.parent] = None
+        dirs[src.parent] = None
+    for directory in dirs:
+        fsync_dir(directory)
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write `data` to `path` atomically and durably (readers see old or new, never a mix)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_temp(path: Path, data: bytes, mode: int | None) -> Path:
     tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
@@ -65,12 +137,51 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
             os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        durable_replace(tmp, path, sync_src=False)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    return tmp
+
+
+def atomic_write_all(items: Sequence[tuple[Path, bytes]], mode: int | None = None) -> None:
+    """Write several files, each atomically and durably, and switch them back to back.
+
+    Every temp file is complete and fsynced before the first rename, so the renames run as
+    adjacent syscalls in the given order: used for repomd.xml.asc + repomd.xml, whose window
+    of disagreement is then as small as two renames can make it.
+    """
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in items:
+            ensure_dir(path.parent)
+            temps.append((_write_temp(path, data, mode), path))
+        durable_move_all(temps, sync_src=False)
+    except BaseException:
+        for tmp, _path in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    for _tmp, path in temps:
+        # A writer SIGKILLed mid-write leaves its temp file; the next write of the same file
+        # is the natural moment to collect it, so no clean-up pass is ever needed.
+        remove_stale_temps(path.parent, path.name)
+
+
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` atomically and durably (readers see old or new, never a mix)."""
+    atomic_write_all([(path, data)], mode)
 
 
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
     atomic_write(path, text.encode("utf-8"), mode)
+
+
+def unlink_durable(path: Path) -> bool:
+    """Remove `path` (if present) and make the removal durable; True when it existed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True

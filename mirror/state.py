@@ -1,17 +1,19 @@
 """Sync state on disk: what was mirrored, when, and the last error, per repo target and image.
 
-One small JSON file per item under data_dir/state/, written atomically, so `mirror status`,
-the web app and a running sync never see a half-written record.
+One small JSON file per item under data_dir/state/, written atomically and durably
+(mirror.fsutil), so `mirror status`, the web app and a running sync never see a half-written
+record, not even after a crash or a power loss.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from mirror import fsutil
 
 Kind = Literal["repos", "images"]
 
@@ -49,9 +51,14 @@ def _from_dict(data: dict[str, Any]) -> ItemState:
     return ItemState(**{k: v for k, v in data.items() if k in known})
 
 
-def _file(root: Path, kind: Kind, key: str) -> Path:
+def keyed_file(directory: Path, key: str) -> Path:
+    """directory/KEY.json, KEY flattened to one file name ('a/9/x86_64' -> 'a%2F9%2Fx86_64')."""
     safe = key.replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
-    return root / kind / f"{safe}.json"
+    return directory / f"{safe}.json"
+
+
+def _file(root: Path, kind: Kind, key: str) -> Path:
+    return keyed_file(root / kind, key)
 
 
 def load(root: Path, kind: Kind, key: str) -> ItemState:
@@ -63,11 +70,9 @@ def load(root: Path, kind: Kind, key: str) -> ItemState:
 
 
 def save(root: Path, kind: Kind, state: ItemState) -> None:
-    path = _file(root, kind, state.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(state), indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    fsutil.atomic_write_text(
+        _file(root, kind, state.key), json.dumps(asdict(state), indent=2, sort_keys=True)
+    )
 
 
 def load_all(root: Path, kind: Kind) -> list[ItemState]:

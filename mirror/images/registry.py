@@ -27,6 +27,7 @@ from types import FrameType
 import requests
 import yaml
 
+from mirror import fsutil
 from mirror.config import Config
 from mirror.errors import EnvironmentProblem
 
@@ -105,9 +106,7 @@ def write_config(cfg: Config) -> Path:
         },
     }
     path = root / "config.yml"
-    tmp = path.with_name(f".config.yml.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
+    fsutil.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
 
 

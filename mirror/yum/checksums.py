@@ -10,10 +10,10 @@ rewritten in place with the same size, mtime and inode would go unnoticed, as wi
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from mirror import fsutil
 from mirror.http import file_matches
 from mirror.yum.metadata import PackageRef
 
@@ -63,7 +63,4 @@ class ChecksumCache:
     def save(self, keep: Iterable[PackageRef]) -> None:
         hrefs = {p.href for p in keep}
         self.entries = {k: v for k, v in self.entries.items() if k in hrefs}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        fsutil.atomic_write_text(self.path, json.dumps(self.entries, separators=(",", ":")))
