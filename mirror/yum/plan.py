@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from pathlib import Path
 from rpm_vercmp import vercmp
 
 from mirror.config import RepoFilter
+from mirror.errors import RepoSyncError
+from mirror.progress import human_bytes
 from mirror.yum.checksums import ChecksumCache
 from mirror.yum.metadata import PackageRef
 
@@ -99,3 +102,39 @@ def make_plan(
     selected = _unique_hrefs(apply_filter(packages, rule))
     missing = tuple(p for p in selected if not checksums.matches(published_dir, p))
     return Plan(selected=tuple(selected), to_download=missing, filtered=rule is not None)
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest existing directory at or above `path` (staging is created lazily)."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+def check_space(
+    repo: str,
+    plan: Plan,
+    staging_dir: Path,
+    *,
+    data_dir: Path | None = None,
+    reserve: int = 0,
+) -> None:
+    """Refuse a plan whose downloads cannot fit, before any byte is downloaded.
+
+    Upstream claims each package's size in primary.xml; a hostile or broken one claiming
+    1 TB would otherwise fill data_dir (and break serving) before the checksum check fails.
+    Packages are downloaded into `staging_dir` and renamed into place on the same file
+    system, so what counts is the free space there, plus `reserve` bytes kept free.
+    """
+    needed = plan.download_bytes + reserve
+    if needed <= 0:
+        return
+    usage = shutil.disk_usage(_existing_parent(staging_dir))
+    if needed > usage.free:
+        where = data_dir if data_dir is not None else staging_dir
+        raise RepoSyncError(
+            repo,
+            f"needs {human_bytes(needed)} for {len(plan.to_download)} packages, "
+            f"only {human_bytes(usage.free)} free under {where}",
+        )
