@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mirror.config import Config
 from mirror.errors import ConfigError
@@ -112,12 +113,60 @@ def _bool(source: str, key: str, value: str | None, default: bool) -> bool:
     raise ConfigError(source, f"key '{key}': expected 1/0, yes/no or true/false, got {value!r}")
 
 
-def parse_repo_file(path: Path) -> list[RepoDefinition]:
-    """Parse one .repo file; return its enabled sections. Errors name the file and line/key."""
+# A .repo file is a few KiB; these bound what a broken or hostile one can make us hold.
+MAX_REPO_FILE = 1 << 20
+MAX_LINE = 8192
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SECTION_LINE = re.compile(r"^\[([^\]]*)\]")
+_KEY_LINE = re.compile(r"^([^\s=:#;][^=:]*?)\s*[=:]")
+
+
+def _read_text(path: Path) -> str:
+    """The file as text, or ConfigError naming the line of binary junk or an overlong line."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_REPO_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_REPO_FILE:
+        raise ConfigError(str(path), f"larger than {MAX_REPO_FILE} bytes; not a .repo file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: line {line}", "not UTF-8 text (binary file?)") from None
+    for number, line_text in enumerate(text.split("\n"), start=1):
+        if len(line_text) > MAX_LINE:
+            raise ConfigError(f"{path}: line {number}", f"longer than {MAX_LINE} characters")
+        junk = _CONTROL.search(line_text)
+        if junk:
+            raise ConfigError(
+                f"{path}: line {number}", f"control character {ord(junk.group()):#04x} (binary?)"
+            )
+    return text
+
+
+def _line_index(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number, ("", section) for headers: configparser keeps none,
+    and an error that names the line is one a sysadmin can fix without searching."""
+    index: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, line in enumerate(text.split("\n"), start=1):
+        header = _SECTION_LINE.match(line)
+        if header:
+            section = header.group(1).strip()
+            index.setdefault(("", section), number)
+            continue
+        key = _KEY_LINE.match(line)
+        if key and section:
+            index.setdefault((section, key.group(1).strip().lower()), number)
+    return index
+
+
+def _parse(path: Path, text: str) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
     try:
-        with path.open(encoding="utf-8") as fh:
-            parser.read_file(fh, source=str(path))
+        parser.read_string(text, source=str(path))
     except configparser.MissingSectionHeaderError as exc:
         raise ConfigError(
             f"{path}: line {exc.lineno}", "expected a [repo-id] section header"
@@ -133,59 +182,110 @@ def parse_repo_file(path: Path) -> list[RepoDefinition]:
         raise ConfigError(
             f"{path}: line {exc.lineno}", f"duplicate key '{exc.option}' in [{exc.section}]"
         ) from None
-    except (configparser.Error, UnicodeDecodeError) as exc:
+    except configparser.Error as exc:
         raise ConfigError(str(path), str(exc).splitlines()[0]) from None
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    return parser
 
+
+def parse_repo_file(path: Path) -> list[RepoDefinition]:
+    """Parse one .repo file; return its enabled sections. Errors name the file and line/key."""
+    text = _read_text(path)
+    parser = _parse(path, text)
+    lines = _line_index(text)
     result = []
     for section in parser.sections():
-        src = f"{path}: [{section}]"
-        opts = parser[section]
-        if not _bool(src, "enabled", opts.get("enabled"), True):
-            continue
-        if not _REPO_ID_RE.match(section):
-            raise ConfigError(
-                src, "repo id must start with a letter or digit and contain only [A-Za-z0-9_.:-]"
-            )
-        if "baseurl" not in opts:
-            if "mirrorlist" in opts or "metalink" in opts:
-                raise ConfigError(src, "mirrorlist/metalink are not supported; set baseurl")
-            raise ConfigError(src, "key 'baseurl' is missing")
-        baseurls = _split_list(opts["baseurl"])
-        if not baseurls:
-            raise ConfigError(src, "key 'baseurl' is empty")
-        for url in baseurls:
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(src, f"key 'baseurl': unsupported URL {url!r}")
-        gpgkeys = _split_list(opts.get("gpgkey", ""))
-        for text in (*baseurls, *gpgkeys):
-            for var in variables_in(text):
-                if var not in SUPPORTED_VARS:
-                    raise ConfigError(
-                        src, f"variable ${var} is not supported (only $releasever, $basearch)"
-                    )
-        gpgcheck = _bool(src, "gpgcheck", opts.get("gpgcheck"), False)
-        repo_gpgcheck = _bool(src, "repo_gpgcheck", opts.get("repo_gpgcheck"), False)
-        if (gpgcheck or repo_gpgcheck) and not gpgkeys:
-            raise ConfigError(src, "gpgcheck/repo_gpgcheck is on but key 'gpgkey' is missing")
-        result.append(
-            RepoDefinition(
-                id=section,
-                name=opts.get("name", section).strip(),
-                baseurls=baseurls,
-                gpgkeys=gpgkeys,
-                gpgcheck=gpgcheck,
-                repo_gpgcheck=repo_gpgcheck,
-                exclude=_split_list(opts.get("exclude", opts.get("excludepkgs", ""))),
-                sslverify=_bool(src, "sslverify", opts.get("sslverify"), True),
-                proxy=(opts.get("proxy") or "").strip() or None,
-                username=(opts.get("username") or "").strip() or None,
-                password=opts.get("password"),
-                source=path,
-            )
-        )
+        definition = _definition(path, section, parser[section], lines)
+        if definition is not None:
+            result.append(definition)
     return result
+
+
+class _Where:
+    """Builds the `source` of a ConfigError: file, line of the key (or section), section."""
+
+    def __init__(self, path: Path, section: str, lines: dict[tuple[str, str], int]) -> None:
+        self.path, self.section, self.lines = path, section, lines
+
+    def __call__(self, key: str | None = None) -> str:
+        line = self.lines.get((self.section, key) if key else ("", self.section))
+        if line is None:
+            line = self.lines.get(("", self.section))
+        where = f": line {line}" if line else ""
+        return f"{self.path}{where}: [{self.section}]"
+
+
+def _definition(
+    path: Path, section: str, opts: configparser.SectionProxy, lines: dict[tuple[str, str], int]
+) -> RepoDefinition | None:
+    src = _Where(path, section, lines)
+    if not _bool(src("enabled"), "enabled", opts.get("enabled"), True):
+        return None
+    _check_repo_id(src(), section)
+    for key in ("mirrorlist", "metalink"):
+        if (opts.get(key) or "").strip():
+            raise ConfigError(
+                src(key), f"key '{key}': mirrorlist/metalink are not supported; set baseurl"
+            )
+    if "baseurl" not in opts:
+        raise ConfigError(src(), "key 'baseurl' is missing")
+    baseurls = _split_list(opts["baseurl"])
+    if not baseurls:
+        raise ConfigError(src("baseurl"), "key 'baseurl' is empty")
+    for url in baseurls:
+        _check_url(src("baseurl"), "baseurl", url)
+    gpgkeys = _split_list(opts.get("gpgkey", ""))
+    for url in gpgkeys:
+        _check_url(src("gpgkey"), "gpgkey", url)
+    gpgcheck = _bool(src("gpgcheck"), "gpgcheck", opts.get("gpgcheck"), False)
+    repo_gpgcheck = _bool(src("repo_gpgcheck"), "repo_gpgcheck", opts.get("repo_gpgcheck"), False)
+    if (gpgcheck or repo_gpgcheck) and not gpgkeys:
+        raise ConfigError(src(), "gpgcheck/repo_gpgcheck is on but key 'gpgkey' is missing")
+    return RepoDefinition(
+        id=section,
+        name=opts.get("name", section).strip(),
+        baseurls=baseurls,
+        gpgkeys=gpgkeys,
+        gpgcheck=gpgcheck,
+        repo_gpgcheck=repo_gpgcheck,
+        exclude=_split_list(opts.get("exclude", opts.get("excludepkgs", ""))),
+        sslverify=_bool(src("sslverify"), "sslverify", opts.get("sslverify"), True),
+        proxy=(opts.get("proxy") or "").strip() or None,
+        username=(opts.get("username") or "").strip() or None,
+        password=opts.get("password"),
+        source=path,
+    )
+
+
+def _check_repo_id(src: str, section: str) -> None:
+    if "$" in section:
+        raise ConfigError(
+            src, "repo id must not contain variables: dnf does not expand them in [section]"
+        )
+    if not _REPO_ID_RE.match(section):
+        raise ConfigError(
+            src, "repo id must start with a letter or digit and contain only [A-Za-z0-9_.:-]"
+        )
+
+
+def _check_url(src: str, key: str, url: str) -> None:
+    """http(s) with a host, and only $releasever/$basearch as variables."""
+    for var in variables_in(url):
+        if var not in SUPPORTED_VARS:
+            raise ConfigError(
+                src, f"variable ${var} is not supported (only $releasever, $basearch)"
+            )
+    if "$" in _VAR_RE.sub("", url):  # ${var:-default}, a lone `$`: dnf syntax we do not expand
+        raise ConfigError(src, f"key '{key}': unsupported variable syntax in {url!r}")
+    if not url.startswith(("http://", "https://")):
+        if key == "gpgkey":
+            return  # file:// keys are rejected later, with the URL, when they are fetched
+        raise ConfigError(
+            src,
+            f"key '{key}': unsupported URL {url!r} (http/https only; several URLs are "
+            "separated by spaces, a space inside one is written %20)",
+        )
+    if not urlsplit(url).hostname:
+        raise ConfigError(src, f"key '{key}': URL {url!r} has no host")
 
 
 def load_definitions(cfg: Config) -> list[RepoDefinition]:

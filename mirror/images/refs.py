@@ -69,27 +69,43 @@ class ImageRef:
         return self.upstream
 
 
+# distribution caps a repository name at 255 characters; with host, tag and digest a
+# reference stays well below this. Longer input is refused before any regex sees it.
+MAX_REFERENCE = 512
+MAX_IMAGES_FILE = 4 << 20
+
+
+def _shown(text: str) -> str:
+    """repr() for an error line, cut short: the input may be a megabyte of junk."""
+    return repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
+
+
 def parse_reference(text: str) -> ImageRef:
-    """Parse a reference the way docker does: `nginx:1.25` is docker.io/library/nginx:1.25."""
+    """Parse a reference the way docker does: `nginx:1.25` is docker.io/library/nginx:1.25.
+
+    Everything outside the reference grammar is refused, shell metacharacters ($, `, ;, |,
+    quotes, newlines) included; references only ever reach skopeo as one argv element."""
     ref = text.strip()
-    if not ref or any(c.isspace() for c in ref):
-        raise BadReference(f"not an image reference: {text!r}")
+    if len(ref) > MAX_REFERENCE:
+        raise BadReference(f"longer than {MAX_REFERENCE} characters: {_shown(ref)}")
+    if not ref or any(c.isspace() or not c.isprintable() for c in ref):
+        raise BadReference(f"not an image reference: {_shown(text)}")
     name, digest = ref, None
     if "@" in ref:
         name, digest = ref.split("@", 1)
         if not _DIGEST_RE.match(digest):
-            raise BadReference(f"bad digest {digest!r} (expected sha256:<64 hex digits>)")
+            raise BadReference(f"bad digest {_shown(digest)} (expected sha256:<64 hex digits>)")
     tag = None
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, tag = name.rsplit(":", 1)
         if not _TAG_RE.match(tag):
-            raise BadReference(f"bad tag {tag!r}")
+            raise BadReference(f"bad tag {_shown(tag)}")
     parts = name.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
         host, path = parts[0], "/".join(parts[1:])
         if not _HOST_RE.match(host):
-            raise BadReference(f"bad registry host {host!r}")
+            raise BadReference(f"bad registry host {_shown(host)}")
     else:
         host, path = DOCKER_HUB, name
     if host in _DOCKER_ALIASES:
@@ -97,7 +113,9 @@ def parse_reference(text: str) -> ImageRef:
     if host == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     if not _PATH_RE.match(path):
-        raise BadReference(f"bad repository name {path!r} (lowercase letters, digits, ._-/)")
+        raise BadReference(
+            f"bad repository name {_shown(path)} (lowercase letters, digits, ._-/)"
+        )
     if tag is None and digest is None:
         tag = "latest"
     return ImageRef(host, path, tag, digest)
@@ -106,12 +124,25 @@ def parse_reference(text: str) -> ImageRef:
 def parse_images_file(path: Path) -> list[ImageRef]:
     """One reference per line; `#` comments and blank lines allowed. Errors name the line."""
     try:
-        # utf-8-sig: a byte order mark (Windows editors) is not part of the first reference.
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        with path.open("rb") as fh:
+            data = fh.read(MAX_IMAGES_FILE + 1)
     except FileNotFoundError:
         raise ConfigError(str(path), "images file not found (key 'images_file')") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), f"cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_IMAGES_FILE:
+        raise ConfigError(str(path), f"larger than {MAX_IMAGES_FILE} bytes")
+    try:
+        # utf-8-sig: a byte order mark (Windows editors) is not part of the first reference.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: line {bad_line}", "cannot read: not UTF-8 text (binary file?)"
+        ) from None
+    # split("\n"), not splitlines(): that also breaks at \x0b, \x1c, U+2028..., so line
+    # numbers would not match an editor's and those characters would pass as separators.
+    lines = text.split("\n")
     refs: list[ImageRef] = []
     for number, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
