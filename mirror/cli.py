@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from functools import wraps
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import click
 from filelock import FileLock, Timeout
 
-from mirror import kubeadm_images, nodeconfig, state
+from mirror import state
 from mirror.config import Config, config_path_from_env, load_config
 from mirror.errors import (
     EXIT_ENVIRONMENT,
@@ -26,11 +26,11 @@ from mirror.errors import (
     LockedError,
     MirrorError,
 )
-from mirror.http import Fetcher
-from mirror.images.refs import ImageJob, plan_jobs
 from mirror.progress import human_bytes
 from mirror.repofile import RepoTarget, expand_targets, load_definitions, select_targets
-from mirror.yum.sync import sync_repos
+
+if TYPE_CHECKING:
+    from mirror.images.refs import ImageJob
 
 log = logging.getLogger("mirror")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -144,7 +144,11 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
     targets = []
     if only in (None, "repos"):
         targets = select_targets(expand_targets(load_definitions(cfg), cfg), repo_ids)
-    jobs = nodeconfig.image_jobs(cfg) if only in (None, "images") and not repo_ids else []
+    jobs = []
+    if only in (None, "images") and not repo_ids:
+        from mirror import nodeconfig  # image planning: not needed for a repos-only sync
+
+        jobs = nodeconfig.image_jobs(cfg)
     failures: list[tuple[str, int]] = []  # (message, exit code)
     with sync_lock(cfg):
         if targets:
@@ -162,13 +166,13 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
 
 
 def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[tuple[str, int]]:
-    fetcher = Fetcher(
-        pool_size=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
-    )
-    try:
+    from mirror.http import Fetcher
+    from mirror.yum.sync import sync_repos
+
+    with Fetcher(
+        parallel=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
+    ) as fetcher:
         results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
-    finally:
-        fetcher.close()
     _log_summary("repos", "changed", results)
     return [(r.error, r.exit_code) for r in results if r.error]
 
@@ -265,6 +269,9 @@ def images() -> None:
 @_handle_errors
 def images_list(obj: _Ctx, version: str | None, mirrored: bool) -> None:
     """Images kubeadm needs for V (as `kubeadm config images list` prints them)."""
+    from mirror import kubeadm_images, nodeconfig
+    from mirror.images.refs import plan_jobs
+
     if version is not None and not mirrored:
         # Needs no config at all: the table is compiled in.
         for ref in kubeadm_images.image_set(version).images():

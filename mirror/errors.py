@@ -71,3 +71,15 @@ class ImageSyncError(MirrorError):
     def __init__(self, image: str, message: str) -> None:
         super().__init__(f"image {image}: {message}")
         self.image = image
+
+
+class LocalDiskError(MirrorError):
+    """This machine cannot write under data_dir (disk full, quota, read-only, I/O error).
+
+    Never retried: every other repo on the same file system would fail the same way, so the
+    sync stops them too. `reason` is the short cause ("no space left on device")."""
+
+    def __init__(self, repo: str, reason: str, where: str) -> None:
+        super().__init__(f"repo {repo}: {reason} under data_dir ({where})")
+        self.repo = repo
+        self.reason = reason

@@ -1,36 +1,74 @@
-"""Pooled HTTP downloads: retries with backoff, resume, checksum verified while streaming.
+"""All HTTP of the mirror, on libcurl (pycurl): the transfer library dnf itself uses (librepo).
 
-A file is written to `<name>.part` in its final directory, checked against the expected
-size and checksum as the bytes arrive, and renamed into place only when both match, so a
-reader never sees a half-written or wrong file under the final name.
+One module owns every request, so small documents (repomd.xml, signatures, keys, registry API
+calls) and bulk downloads share the same options (proxy, credentials, TLS verification,
+timeouts, user agent) and the same retry policy (mirror.retry).
+
+- `Fetcher.request()`: one request, body in memory, for documents and API calls; any thread.
+- `Fetcher.download_many()`: many files at once from one thread over `pycurl.CurlMulti`
+  (mirror.transfers): each file is written to `<name>.part` next to its destination, checked
+  against the expected size and checksum while the bytes arrive, resumed with `Range` after
+  a break, and renamed into place only when it verifies.
+Per request, Python does almost nothing: libcurl parses, pools connections and moves bytes;
+the write callback hashes and writes each chunk. That is what makes 2,000 small rpms cheap.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
-from urllib3.util.retry import Retry
+import pycurl
 
 from mirror import __version__
+from mirror.retry import TRANSIENT_STATUS, RetryPolicy
 
-CHUNK = 64 * 1024  # small enough that a dropped connection loses little
+CHUNK = 256 * 1024
 USER_AGENT = f"airgap-mirror/{__version__}"
+DOCUMENT_LIMIT = 64 * 1024 * 1024
 ProgressCallback = Callable[[int], None]
+
+# libcurl results worth another try: the network or the server hiccuped.
+TRANSIENT_CURL = frozenset(
+    {
+        pycurl.E_COULDNT_RESOLVE_PROXY,
+        pycurl.E_COULDNT_RESOLVE_HOST,
+        pycurl.E_COULDNT_CONNECT,
+        8,  # CURLE_WEIRD_SERVER_REPLY (pycurl names it E_FTP_WEIRD_SERVER_REPLY)
+        pycurl.E_HTTP2,
+        pycurl.E_PARTIAL_FILE,
+        pycurl.E_OPERATION_TIMEDOUT,
+        pycurl.E_SSL_CONNECT_ERROR,
+        pycurl.E_GOT_NOTHING,
+        pycurl.E_SEND_ERROR,
+        pycurl.E_RECV_ERROR,
+        getattr(pycurl, "E_HTTP2_STREAM", 92),
+    }
+)
+_CURL_REASONS = {
+    pycurl.E_COULDNT_RESOLVE_HOST: "host name not found",
+    pycurl.E_COULDNT_RESOLVE_PROXY: "proxy host name not found",
+    pycurl.E_COULDNT_CONNECT: "connection refused",
+    pycurl.E_PARTIAL_FILE: "connection closed before the whole body arrived",
+    pycurl.E_GOT_NOTHING: "server closed the connection without answering",
+    pycurl.E_RECV_ERROR: "connection broke off",
+    pycurl.E_SEND_ERROR: "connection broke off while sending",
+    pycurl.E_TOO_MANY_REDIRECTS: "too many redirects",
+    pycurl.E_PEER_FAILED_VERIFICATION: "TLS certificate not trusted",
+    pycurl.E_UNSUPPORTED_PROTOCOL: "unsupported URL scheme",
+    pycurl.E_URL_MALFORMAT: "malformed URL",
+}
+_SYSTEM_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian/Ubuntu
+    "/etc/pki/tls/certs/ca-bundle.crt",  # EL/Fedora
+)
 
 
 class FetchError(Exception):
@@ -45,8 +83,22 @@ class ChecksumMismatch(FetchError):
     pass
 
 
-class _StreamBroken(Exception):
-    """The body stopped early; retried with a Range request from where it stopped."""
+class LocalWriteError(Exception):
+    """Writing a download to local disk failed (disk full, read-only, ...): never retried.
+
+    Deliberately not a FetchError: callers that turn fetch failures into "this repo failed"
+    must not swallow it; the sync stops every repo on that disk. `error` is the OSError,
+    `path` the file that could not be written."""
+
+    def __init__(self, url: str, path: Path, error: OSError) -> None:
+        super().__init__(f"{error.strerror or error} ({path})")
+        self.url = url
+        self.path = path
+        self.error = error
+
+
+class UnsupportedChecksum(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -57,14 +109,7 @@ class RequestOptions:
     proxy: str | None = None
     username: str | None = None
     password: str | None = None
-
-    def kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"verify": self.verify_tls}
-        if self.proxy and self.proxy not in ("_none_", "none"):
-            kw["proxies"] = {"http": self.proxy, "https": self.proxy}
-        if self.username:
-            kw["auth"] = (self.username, self.password or "")
-        return kw
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +121,21 @@ class Expected:
     size: int | None = None
 
 
-class UnsupportedChecksum(ValueError):
-    pass
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-cased names; the last value of a repeated header wins
+    body: bytes
+    url: str  # after redirects
+
+
+@dataclass(frozen=True)
+class DownloadJob:
+    url: str
+    dest: Path
+    expected: Expected
+    opts: RequestOptions
+    label: str = ""  # for messages and progress (a package's NEVRA)
 
 
 def new_hash(checksum_type: str) -> Any:
@@ -106,59 +164,203 @@ def file_matches(path: Path, expected: Expected) -> bool:
     return bool(digest.hexdigest() == expected.checksum.lower())
 
 
-class Fetcher:
-    """One pooled session shared by all download threads of a sync."""
+def describe_curl_error(code: int, message: str) -> str:
+    """One line for a libcurl failure, without libcurl's internals."""
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return "timed out (no data within the timeout)"
+    return _CURL_REASONS.get(code) or (message.splitlines()[0][:200] if message else f"curl {code}")
 
-    def __init__(self, *, pool_size: int = 8, timeout: float = 60.0, retries: int = 5) -> None:
+
+def _ca_bundle() -> str | None:
+    for name in ("CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return next((p for p in _SYSTEM_CA_BUNDLES if os.path.exists(p)), None)
+
+
+class HeaderCollector:
+    """HEADERFUNCTION: the status and headers of the last response (redirects reset it)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    def __call__(self, line: bytes) -> None:
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):
+            parts = text.split(" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.headers = {}
+        elif ":" in text:
+            name, _, value = text.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+
+def configure(
+    handle: pycurl.Curl,
+    url: str,
+    opts: RequestOptions,
+    timeout: float,
+    headers: Sequence[str] = (),
+) -> None:
+    """The options every request gets, documents and bulk alike."""
+    handle.reset()
+    handle.setopt(pycurl.URL, url)
+    handle.setopt(pycurl.NOSIGNAL, 1)
+    handle.setopt(pycurl.FOLLOWLOCATION, 1)
+    handle.setopt(pycurl.MAXREDIRS, 10)
+    # Only http(s), also after a redirect: an upstream must not point us at file:// or worse.
+    handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+    handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+    handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
+    # A stall (no byte for `timeout` seconds, before or inside the body) aborts the transfer;
+    # a slow but moving large download does not.
+    handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+    handle.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
+    handle.setopt(pycurl.USERAGENT, USER_AGENT)
+    handle.setopt(pycurl.TCP_NODELAY, 1)
+    # Checksums and Range offsets are about the bytes on the server's disk: libcurl sends no
+    # Accept-Encoding unless asked, so no server applies a Content-Encoding on top of them.
+    handle.setopt(pycurl.HTTPHEADER, ["Expect:", *headers])
+    handle.setopt(pycurl.NETRC, pycurl.NETRC_OPTIONAL)
+    if opts.proxy in ("_none_", "none"):
+        handle.setopt(pycurl.PROXY, "")  # also ignores http_proxy from the environment
+    elif opts.proxy:
+        handle.setopt(pycurl.PROXY, opts.proxy)
+    if opts.username:
+        handle.setopt(pycurl.USERPWD, f"{opts.username}:{opts.password or ''}")
+    if not opts.verify_tls:
+        handle.setopt(pycurl.SSL_VERIFYPEER, 0)
+        handle.setopt(pycurl.SSL_VERIFYHOST, 0)
+    else:
+        bundle = str(opts.ca_file) if opts.ca_file else _ca_bundle()
+        if bundle:
+            handle.setopt(pycurl.CAINFO, bundle)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Fetcher:
+    """The HTTP client of one sync: a curl handle per thread for documents, a CurlMulti pool
+    (`parallel` transfers at once) for downloads. Close it when done."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        retries: int = 5,
+        parallel: int = 8,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.timeout = timeout
-        self.retries = retries
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
-        # requests re-reads proxy, CA bundle and netrc settings from the environment on every
-        # request (a measurable share of CPU over thousands of packages); when none of them is
-        # set, switching that off changes nothing but the cost.
-        self.session.trust_env = _environment_matters()
-        # Checksums and Range offsets are about the bytes on the server's disk: never let a
-        # server (or requests) apply a Content-Encoding on top of them.
-        self.session.headers["Accept-Encoding"] = "identity"
-        # urllib3 retries connection errors and 5xx answers before any body is read.
-        retry = Retry(
-            total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            backoff_factor=0.5,
-            status_forcelist=(500, 502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD"}),
-            raise_on_status=False,
-            # A 503 with "Retry-After: 3600" must not hold the sync lock for an hour.
-            respect_retry_after_header=False,
-        )
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.parallel = parallel
+        self.policy = policy or RetryPolicy(retries=retries)
+        self._local = threading.local()
+        self._handles: list[pycurl.Curl] = []
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.session.close()
+        with self._lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
 
-    def get_bytes(self, url: str, opts: RequestOptions, *, limit: int = 64 * 1024 * 1024) -> bytes:
-        """Small documents (repomd.xml, keys, signatures), read up to `limit` bytes."""
-        try:
-            resp = self.session.get(url, timeout=self.timeout, stream=True, **opts.kwargs())
-        except requests.RequestException as exc:
-            raise FetchError(url, _describe(exc)) from None
-        with resp:
-            if resp.status_code != 200:
-                raise FetchError(url, f"HTTP {resp.status_code}")
-            data = bytearray()
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handle(self) -> pycurl.Curl:
+        handle: pycurl.Curl | None = getattr(self._local, "handle", None)
+        if handle is None:
+            handle = pycurl.Curl()
+            self._local.handle = handle
+            with self._lock:
+                self._handles.append(handle)
+        return handle
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        opts: RequestOptions | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        limit: int = DOCUMENT_LIMIT,
+    ) -> Reply:
+        """One request, retried per the policy on transient faults; the final Reply for any
+        other status. FetchError when retries are exhausted or the body exceeds `limit`."""
+        opts = opts or RequestOptions()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after = None
             try:
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    data += chunk
-                    if len(data) > limit:
-                        raise FetchError(url, f"larger than {limit} bytes")
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise FetchError(url, f"connection broke off ({exc.__class__.__name__})") from None
-        return bytes(data)
+                reply = self._perform(method, url, opts, headers or {}, limit)
+            except _Transient as exc:
+                reason = str(exc)
+            else:
+                if reply.status not in TRANSIENT_STATUS:
+                    return reply
+                reason, retry_after = f"HTTP {reply.status}", reply.headers.get("retry-after")
+            if not self.policy.may_retry(attempt):
+                raise FetchError(url, f"{reason} (gave up after {attempt} attempts)")
+            time.sleep(self.policy.delay(attempt, retry_after))
+
+    def _perform(
+        self, method: str, url: str, opts: RequestOptions, headers: Mapping[str, str], limit: int
+    ) -> Reply:
+        handle = self._handle()
+        configure(handle, url, opts, self.timeout, [f"{k}: {v}" for k, v in headers.items()])
+        if method == "HEAD":
+            handle.setopt(pycurl.NOBODY, 1)
+        elif method != "GET":
+            handle.setopt(pycurl.CUSTOMREQUEST, method)
+        collector = HeaderCollector()
+        body = io.BytesIO()
+
+        def on_data(chunk: bytes) -> None:
+            if body.tell() + len(chunk) > limit:
+                raise _BodyTooLarge
+            body.write(chunk)
+
+        handle.setopt(pycurl.HEADERFUNCTION, collector)
+        handle.setopt(pycurl.WRITEFUNCTION, on_data)
+        try:
+            handle.perform()
+        except pycurl.error as exc:
+            code, message = exc.args[0], exc.args[1] if len(exc.args) > 1 else ""
+            if body.tell() >= limit or code == pycurl.E_WRITE_ERROR:
+                raise FetchError(url, f"larger than {limit} bytes") from None
+            if code in TRANSIENT_CURL:
+                raise _Transient(describe_curl_error(code, message)) from None
+            raise FetchError(url, describe_curl_error(code, message)) from None
+        status = int(handle.getinfo(pycurl.RESPONSE_CODE)) or collector.status
+        effective = str(handle.getinfo(pycurl.EFFECTIVE_URL) or url)
+        return Reply(status, collector.headers, body.getvalue(), effective)
+
+    def get_bytes(self, url: str, opts: RequestOptions, *, limit: int = DOCUMENT_LIMIT) -> bytes:
+        """Small documents (repomd.xml, keys, signatures): 200 or FetchError."""
+        reply = self.request("GET", url, opts, limit=limit)
+        if reply.status != 200:
+            raise FetchError(url, f"HTTP {reply.status}")
+        return reply.body
+
+    def download_many(
+        self,
+        jobs: Sequence[DownloadJob],
+        progress: ProgressCallback | None = None,
+        on_done: Callable[[DownloadJob], None] | None = None,
+    ) -> list[tuple[DownloadJob, FetchError]]:
+        """Download every job (up to `parallel` at once); returns the ones that failed for
+        good, each with its error. Raises LocalWriteError at once when the disk refuses a
+        write: the other transfers are stopped, since they would fail the same way."""
+        from mirror.transfers import MultiDownloader
+
+        return MultiDownloader(self, progress, on_done).run(jobs)
 
     def download(
         self,
@@ -168,132 +370,11 @@ class Fetcher:
         opts: RequestOptions,
         progress: ProgressCallback | None = None,
     ) -> None:
-        """Fetch `url` into `dest` atomically, verifying size and checksum while streaming.
-
-        A `.part` file left by an interrupted run is resumed with a Range request.
-        """
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        retrying = Retrying(
-            stop=stop_after_attempt(self.retries + 1),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            retry=retry_if_exception_type(_StreamBroken),
-            reraise=False,
-        )
-        resumed = part.exists()
-        try:
-            try:
-                for attempt in retrying:
-                    with attempt:
-                        self._stream_to(url, part, expected, opts, progress)
-            except ChecksumMismatch:
-                if not resumed:
-                    raise
-                # The .part came from an earlier run and upstream has since replaced the
-                # file under the same name: the bytes we resumed after no longer fit.
-                part.unlink(missing_ok=True)
-                for attempt in retrying:
-                    with attempt:
-                        self._stream_to(url, part, expected, opts, progress)
-        except RetryError as exc:
-            reason = exc.last_attempt.exception()
-            raise FetchError(url, f"download kept breaking off: {reason}") from None
-        os.replace(part, dest)
-
-    def _stream_to(
-        self,
-        url: str,
-        part: Path,
-        expected: Expected,
-        opts: RequestOptions,
-        progress: ProgressCallback | None,
-    ) -> None:
-        digest = new_hash(expected.checksum_type) if expected.checksum_type else None
-        have = part.stat().st_size if part.exists() else 0
-        if expected.size is not None and have > expected.size:
-            have = 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            resp = self.session.get(
-                url, stream=True, timeout=self.timeout, headers=headers, **opts.kwargs()
-            )
-        except requests.RequestException as exc:
-            raise FetchError(url, _describe(exc)) from None
-        with resp:
-            if resp.status_code == 206 and have:
-                mode = "ab"
-                if digest is not None:
-                    with part.open("rb") as fh:  # hash what we already have
-                        while chunk := fh.read(CHUNK):
-                            digest.update(chunk)
-                if progress:
-                    progress(have)
-            elif resp.status_code == 200:  # fresh start, or a server that ignores Range
-                mode, have = "wb", 0
-            elif resp.status_code == 416 and have:  # stale .part: start over
-                part.unlink(missing_ok=True)
-                raise _StreamBroken("stale partial download")
-            else:
-                raise FetchError(url, f"HTTP {resp.status_code}")
-            written = have
-            try:
-                with part.open(mode) as out:
-                    for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                        written += len(chunk)
-                        if expected.size is not None and written > expected.size:
-                            part.unlink(missing_ok=True)
-                            raise ChecksumMismatch(
-                                url, f"larger than the expected {expected.size} bytes"
-                            )
-                        out.write(chunk)
-                        if digest is not None:
-                            digest.update(chunk)
-                        if progress:
-                            progress(len(chunk))
-            except (urllib3.exceptions.HTTPError, requests.ConnectionError, OSError) as exc:
-                raise _StreamBroken(exc.__class__.__name__) from None
-        if expected.size is not None and written < expected.size:
-            raise _StreamBroken(f"got {written} of {expected.size} bytes")
-        if digest is not None and expected.checksum is not None:
-            actual = digest.hexdigest()
-            if actual != expected.checksum.lower():
-                part.unlink(missing_ok=True)
-                raise ChecksumMismatch(
-                    url,
-                    f"{expected.checksum_type} mismatch: want {expected.checksum}, got {actual}",
-                )
+        """One file, as download_many does it; raises its FetchError."""
+        failed = self.download_many([DownloadJob(url, dest, expected, opts)], progress)
+        if failed:
+            raise failed[0][1]
 
 
-_ENV_KNOBS = (
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "requests_ca_bundle",
-    "curl_ca_bundle",
-    "netrc",
-)
-
-
-def _environment_matters() -> bool:
-    names = {k.lower() for k in os.environ}
-    if any(knob in names for knob in _ENV_KNOBS):
-        return True
-    home = Path.home()
-    return (home / ".netrc").exists() or (home / "_netrc").exists()
-
-
-def _describe(exc: Exception) -> str:
-    """One line for a requests exception, without the nested urllib3 reprs."""
-    text = str(exc)
-    if isinstance(exc, requests.ConnectionError):
-        if "Connection refused" in text:
-            return "connection refused"
-        if "Name or service not known" in text or "getaddrinfo" in text:
-            return "host name not found"
-        if "timed out" in text.lower():
-            return "timed out"
-        return "connection failed"
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return text.splitlines()[0][:200]
+class _Transient(Exception):
+    """A fault the retry policy may retry (its str() is the reason)."""

@@ -2,16 +2,17 @@
 
 Packages land in staging, not in the published tree: a repo whose sync fails halfway
 publishes nothing, while completed (and `.part`) files stay for the next run to reuse.
+All transfers run in one libcurl multi handle (mirror.transfers): retries, resume and
+verification happen there, the same way for every file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from mirror.errors import PackageError
-from mirror.http import Fetcher, FetchError, RequestOptions, file_matches
+from mirror.http import DownloadJob, Fetcher, RequestOptions, file_matches
 from mirror.progress import progress_for
 from mirror.yum.metadata import PackageRef, join_url
 
@@ -23,44 +24,31 @@ def download_packages(
     staging: Path,
     fetcher: Fetcher,
     opts: RequestOptions,
-    workers: int,
 ) -> None:
     """Download every package into `staging/<href>`, verified; raise the first failure.
 
     All downloads are attempted even after one fails, so a rerun only fetches what is
-    still missing; the error names the package (and how many others failed).
+    still missing; the error names the package (and how many others failed). A local write
+    error (mirror.http.LocalWriteError) stops everything at once and propagates.
     """
     if not packages:
         return
     progress = progress_for(repo, len(packages), sum(p.size for p in packages))
-    failures: list[PackageError] = []
-
-    def fetch_one(pkg: PackageRef) -> None:
+    jobs = []
+    for pkg in packages:
         dest = staging / pkg.href
         if file_matches(dest, pkg.expected):  # left complete by an earlier, failed run
             progress.advance(pkg.size)
-            return
-        try:
-            fetcher.download(
-                join_url(baseurl, pkg.href), dest, pkg.expected, opts, progress.advance
-            )
-        except FetchError as exc:
-            raise PackageError(repo, pkg.nevra, str(exc), exc.url) from None
-
+            progress.item_done(pkg.nevra)
+            continue
+        jobs.append(DownloadJob(join_url(baseurl, pkg.href), dest, pkg.expected, opts, pkg.nevra))
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"dl-{repo}") as pool:
-            futures = {pool.submit(fetch_one, pkg): pkg for pkg in packages}
-            for future in as_completed(futures):
-                exc = future.exception()
-                if isinstance(exc, PackageError):
-                    failures.append(exc)
-                elif exc is not None:
-                    raise exc
-                progress.item_done(futures[future].nevra)
+        failures = fetcher.download_many(
+            jobs, progress.advance, lambda job: progress.item_done(job.label)
+        )
     finally:
         progress.close()
     if failures:
-        first = failures[0]
-        if len(failures) > 1:
-            first.args = (f"{first.args[0]} (and {len(failures) - 1} more packages failed)",)
-        raise first
+        job, error = failures[0]
+        more = f" (and {len(failures) - 1} more packages failed)" if len(failures) > 1 else ""
+        raise PackageError(repo, job.label, f"{error}{more}", error.url)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from mirror import gpg, state
 from mirror.config import Config
-from mirror.errors import EXIT_SYNC_FAILED, MirrorError, RepoSyncError
-from mirror.http import Fetcher, FetchError, RequestOptions
+from mirror.errors import LocalDiskError, MirrorError, RepoSyncError
+from mirror.http import Fetcher, FetchError, LocalWriteError, RequestOptions
 from mirror.progress import human_bytes
 from mirror.repofile import RepoTarget
+from mirror.retry import local_reason
 from mirror.yum import publish
 from mirror.yum.checksums import ChecksumCache
 from mirror.yum.download import download_packages
@@ -167,9 +168,7 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
 
     # Stage 5: download into staging.
     pkg_staging = staging / "packages"
-    download_packages(
-        target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts, cfg.download_workers
-    )
+    download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
 
     # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
     _publish(cfg, target, meta, plan, keys, published, staging)
@@ -214,27 +213,49 @@ def _publish(
         log.info("%s: removed %d files no longer in the repo", target.key, removed)
 
 
+def _as_sync_error(cfg: Config, key: str, exc: Exception) -> MirrorError:
+    """Every failure of one target as a MirrorError; local disk errors as LocalDiskError."""
+    if isinstance(exc, MirrorError):
+        return exc
+    error, where = (exc.error, exc.path) if isinstance(exc, LocalWriteError) else (exc, None)
+    if isinstance(error, OSError):
+        where = where or error.filename or cfg.data_dir
+        reason = local_reason(error)
+        if reason is not None:
+            return LocalDiskError(key, reason, str(where))
+        return RepoSyncError(key, f"{error.strerror or error} ({where})")
+    return RepoSyncError(key, str(exc))
+
+
 def sync_repos(
     cfg: Config, targets: Sequence[RepoTarget], fetcher: Fetcher, dry_run: bool = False
 ) -> list[RepoResult]:
-    """Sync every target; one failing does not stop the others."""
+    """Sync every target; one failing does not stop the others, except a local disk error
+    (disk full, read-only, ...), which stops every target after it: they share data_dir."""
     results = []
+    disk_error: LocalDiskError | None = None
     for target in targets:
+        if disk_error is not None:
+            message = f"repo {target.key}: not attempted: {disk_error.reason} under data_dir"
+            log.error("%s", message)
+            results.append(RepoResult(target.key, False, error=message, exit_code=1))
+            continue
         started = time.monotonic()
         record = state.load(cfg.state_root, "repos", target.key)
         record.upstream = target.baseurls[0]
         record.last_attempt = state.now_iso()
         try:
             result = sync_target(cfg, target, fetcher, dry_run)
-        except MirrorError as exc:
-            log.error("%s", exc)
-            result = RepoResult(target.key, False, error=str(exc), exit_code=exc.exit_code)
-            record.last_error = str(exc)
-        except OSError as exc:  # disk full, permissions: name the repo, keep going
-            message = f"repo {target.key}: {exc.strerror or exc} ({exc.filename or ''})"
-            log.error("%s", message)
-            result = RepoResult(target.key, False, error=message, exit_code=EXIT_SYNC_FAILED)
-            record.last_error = message
+        except (MirrorError, LocalWriteError, OSError) as exc:
+            error = _as_sync_error(cfg, target.key, exc)
+            log.error("%s", error)
+            result = RepoResult(target.key, False, error=str(error), exit_code=error.exit_code)
+            record.last_error = str(error)
+            if isinstance(error, LocalDiskError):
+                disk_error = error
+                # Staging only holds what a later run could resume; on a full disk it is
+                # what keeps the disk full, so it goes (published trees are untouched).
+                shutil.rmtree(cfg.data_dir / ".staging", ignore_errors=True)
         else:
             if not dry_run:
                 record.fingerprint = result.fingerprint
@@ -244,6 +265,13 @@ def sync_repos(
                 record.bytes = result.total_bytes
         record.duration_s = round(time.monotonic() - started, 3)
         if not dry_run:
-            state.save(cfg.state_root, "repos", record)
+            _save_state(cfg, record)
         results.append(result)
     return results
+
+
+def _save_state(cfg: Config, record: state.ItemState) -> None:
+    try:
+        state.save(cfg.state_root, "repos", record)
+    except OSError as exc:  # the previous state file stays intact (atomic write)
+        log.error("repo %s: state not saved: %s", record.key, exc.strerror or exc)

@@ -1,0 +1,141 @@
+"""The transfer engine (mirror.http + mirror.transfers) against a real loopback HTTP server.
+
+Fault kinds beyond what UpstreamServer injects (resets, stalls, over-long bodies, Retry-After)
+are covered through the fault proxy in tests/test_reliability_faults.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mirror.http import (
+    DownloadJob,
+    Expected,
+    Fetcher,
+    FetchError,
+    LocalWriteError,
+    RequestOptions,
+)
+from mirror.retry import RetryPolicy, parse_retry_after
+from tests.fixtures import UpstreamServer
+
+OPTS = RequestOptions()
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    files = {}
+    for i in range(40):
+        data = hashlib.shake_256(str(i).encode()).digest(1000 + i * 997)
+        (root / f"f{i:02}.bin").write_bytes(data)
+        files[f"f{i:02}.bin"] = data
+    (root / "empty.bin").write_bytes(b"")
+    files["empty.bin"] = b""
+    with UpstreamServer(root) as server:
+        yield server, files
+
+
+def fast_fetcher(retries: int = 3) -> Fetcher:
+    return Fetcher(timeout=5, parallel=4, policy=RetryPolicy(retries=retries, backoff=0.01))
+
+
+def expected_for(data: bytes) -> Expected:
+    return Expected("sha256", hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_request_and_get_bytes(served) -> None:
+    server, files = served
+    with fast_fetcher() as fetcher:
+        assert fetcher.get_bytes(f"{server.url}/f01.bin", OPTS) == files["f01.bin"]
+        head = fetcher.request("HEAD", f"{server.url}/f02.bin", OPTS)
+        assert head.status == 200 and head.body == b""
+        assert head.headers["content-length"] == str(len(files["f02.bin"]))
+        assert fetcher.request("GET", f"{server.url}/missing", OPTS).status == 404
+        with pytest.raises(FetchError, match="HTTP 404") as err:
+            fetcher.get_bytes(f"{server.url}/missing", OPTS)
+        assert err.value.url.endswith("/missing")
+        with pytest.raises(FetchError, match="larger than 100 bytes"):
+            fetcher.get_bytes(f"{server.url}/f03.bin", OPTS, limit=100)
+
+
+def test_transient_status_is_retried_then_given_up(served) -> None:
+    server, files = served
+    server.fail_next("/f04.bin", status=503, times=2)
+    with fast_fetcher(retries=3) as fetcher:
+        assert fetcher.get_bytes(f"{server.url}/f04.bin", OPTS) == files["f04.bin"]
+    server.fail_next("/f05.bin", status=502, times=10)
+    with fast_fetcher(retries=2) as fetcher, pytest.raises(FetchError, match="gave up after 3"):
+        fetcher.get_bytes(f"{server.url}/f05.bin", OPTS)
+    assert server.count("/f05.bin") == 3
+
+
+def test_download_many_verifies_and_renames(served, tmp_path: Path) -> None:
+    server, files = served
+    out = tmp_path / "out"
+    jobs = [
+        DownloadJob(f"{server.url}/{name}", out / "sub" / name, expected_for(data), OPTS, name)
+        for name, data in files.items()
+    ]
+    done = []
+    with fast_fetcher() as fetcher:
+        failures = fetcher.download_many(jobs, on_done=lambda job: done.append(job.label))
+    assert failures == []
+    assert sorted(done) == sorted(files)
+    for name, data in files.items():
+        assert (out / "sub" / name).read_bytes() == data
+    assert not list(out.rglob("*.part"))
+
+
+def test_dropped_body_resumes_with_range(served, tmp_path: Path) -> None:
+    server, files = served
+    data = files["f39.bin"]
+    server.drop_after("/f39.bin", nbytes=len(data) // 2)
+    with fast_fetcher() as fetcher:
+        fetcher.download(f"{server.url}/f39.bin", tmp_path / "f", expected_for(data), OPTS)
+    assert (tmp_path / "f").read_bytes() == data
+    ranged = [r for r in server.requests if r[1] == "/f39.bin"]
+    assert len(ranged) == 2
+
+
+def test_permanent_failures_are_reported_per_job(served, tmp_path: Path) -> None:
+    server, files = served
+    good, bad = files["f06.bin"], Expected("sha256", "0" * 64, len(files["f07.bin"]))
+    jobs = [
+        DownloadJob(f"{server.url}/f06.bin", tmp_path / "a", expected_for(good), OPTS, "a"),
+        DownloadJob(f"{server.url}/f07.bin", tmp_path / "b", bad, OPTS, "b"),
+        DownloadJob(f"{server.url}/nope", tmp_path / "c", expected_for(b"x"), OPTS, "c"),
+    ]
+    with fast_fetcher() as fetcher:
+        failures = {job.label: str(err) for job, err in fetcher.download_many(jobs)}
+    assert set(failures) == {"b", "c"}
+    assert "mismatch after a clean re-fetch" in failures["b"]
+    assert failures["c"] == "HTTP 404"
+    assert (tmp_path / "a").read_bytes() == good
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.part").exists()
+    assert server.count("/f07.bin") == 2  # the clean re-fetch, then give up
+
+
+def test_local_write_error_is_not_retried(served, tmp_path: Path) -> None:
+    server, files = served
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory must go")
+    job = DownloadJob(
+        f"{server.url}/f08.bin", blocker / "x" / "f08", expected_for(files["f08.bin"]), OPTS
+    )
+    with fast_fetcher() as fetcher, pytest.raises(LocalWriteError):
+        fetcher.download_many([job])
+    assert server.count("/f08.bin") == 0
+
+
+def test_retry_after_is_capped() -> None:
+    policy = RetryPolicy(retry_after_cap=30)
+    assert policy.delay(1, "3600") == 30
+    assert policy.delay(1, "2") == 2
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+    assert 0.0 < policy.delay(1) <= 0.6
