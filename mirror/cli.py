@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -218,25 +217,33 @@ def _log_summary(kind: str, verb: str, results: Sequence[_Outcome]) -> None:
 @main.command()
 @click.option("--bind", default="0.0.0.0:8080", show_default=True, metavar="HOST:PORT")
 @click.option("--workers", default=4, show_default=True, type=int)
+@click.option(
+    "--frontend",
+    type=click.Choice(["auto", "nginx", "gunicorn"]),
+    default="auto",
+    show_default=True,
+    envvar="MIRROR_FRONTEND",
+    help="auto: nginx in front of gunicorn when nginx is installed, else gunicorn alone "
+    "[env: MIRROR_FRONTEND].",
+)
 @click.pass_obj
 @_handle_errors
-def serve(obj: _Ctx, bind: str, workers: int) -> None:
-    """Serve repos, .repo files, keys and node configs over HTTP (gunicorn).
+def serve(obj: _Ctx, bind: str, workers: int, frontend: str) -> None:
+    """Serve repos, .repo files, keys and node configs over HTTP (nginx + gunicorn).
 
-    With registry.embedded, also runs the registry when nothing answers on registry.url yet,
-    and stops it again on exit.
+    Renders the static node files into <data_dir>/www/ first. With registry.embedded, also
+    runs the registry when nothing answers on registry.url yet, and stops it again on exit.
     """
     cfg = obj.cfg
-    load_definitions(cfg)  # fail here, with the config error, not inside a gunicorn worker
-    # HTTP counters from every gunicorn worker add up only in prometheus_client's
-    # multiprocess mode, which must be on before prometheus_client is first imported.
-    metrics_dir = cfg.data_dir / ".metrics"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    definitions = load_definitions(cfg)  # fail here, with the config error, not in a worker
     from mirror.images.registry import ensure_registry
-    from mirror.web.server import serve as run_server
+    from mirror.web import frontend as web_frontend
+    from mirror.web.static import render_static
 
+    try:
+        render_static(cfg, definitions)
+    except OSError as exc:  # e.g. a full disk: the app renders those files itself
+        log.error("node files not rendered into %s: %s", cfg.data_dir, exc.strerror or exc)
     with ExitStack() as stack:
         if cfg.registry.embedded:
             try:
@@ -244,7 +251,7 @@ def serve(obj: _Ctx, bind: str, workers: int) -> None:
             except MirrorError as exc:
                 # Repos are still worth serving; the status page shows the registry down.
                 log.error("embedded registry not started: %s", exc)
-        run_server(cfg, bind, workers=workers)
+        web_frontend.run(cfg, bind, workers, frontend)
 
 
 @main.command()

@@ -204,7 +204,7 @@ def metrics() -> Response:
         from mirror.web.http_metrics import HTTP_REGISTRY
 
         registry = _merge(registry, HTTP_REGISTRY)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def _merge(*registries: CollectorRegistry) -> CollectorRegistry:
