@@ -34,6 +34,7 @@ from mirror.yum.metadata import (
     parse_repomd,
 )
 from mirror.yum.plan import DuplicateHref, Plan, make_plan
+from mirror.yum.signatures import verify_packages
 
 log = logging.getLogger("mirror.yum")
 
@@ -169,6 +170,10 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     # Stage 5: download into staging.
     pkg_staging = staging / "packages"
     download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
+
+    if d.gpgcheck:  # every new package signed by one of the repo's keys, before publishing
+        staged = staging / "packages"
+        verify_packages(target.key, keys, [(staged / p.href, p.nevra) for p in plan.to_download])
 
     # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
     _publish(cfg, target, meta, plan, keys, published, staging)
