@@ -31,6 +31,23 @@ MIMETYPES: dict[str, str] = {
     "sh": "text/x-shellscript",
 }
 
+# Content-Type by suffix for files of a published yum tree and keys, nginx and the app alike:
+# only the types a yum tree holds, anything else application/octet-stream. .gz stays
+# application/gzip so no client gunzips repodata transparently.
+REPO_MIMETYPES: dict[str, str] = {
+    "rpm": "application/x-rpm",
+    "xml": "text/xml",
+    "gz": "application/gzip",
+    "bz2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "zst": "application/zstd",
+    "asc": "application/pgp-signature",
+    "gpg": "application/pgp-keys",
+    "key": "application/pgp-keys",
+    "txt": "text/plain",
+    "html": "text/html",
+}
+
 # URL prefixes (and exact paths) under which rendered documents live; nginx serves these
 # from the rendered directory and sends anything it does not find there to the app.
 PREFIXES: tuple[str, ...] = ("/repofiles/", "/containerd/", "/crio/")

@@ -26,21 +26,6 @@ DEPLOY_DATA_DIR = Path("/var/lib/mirror/data")
 DEPLOY_LISTEN = ("80", "[::]:80")
 DEPLOY_UPSTREAM = "127.0.0.1:8080"
 
-# Only the types a yum tree holds; .gz stays application/gzip so no client gunzips repodata
-# transparently (the same choice as the app).
-REPO_TYPES = {
-    "application/x-rpm": "rpm",
-    "text/xml": "xml",
-    "application/gzip": "gz",
-    "application/x-bzip2": "bz2",
-    "application/x-xz": "xz",
-    "application/zstd": "zst",
-    "application/pgp-signature": "asc",
-    "application/pgp-keys": "gpg key",
-    "text/plain": "txt",
-    "text/html": "html",
-}
-
 _PROXY = """\
         proxy_pass http://mirror_app;
         proxy_http_version 1.1;
@@ -59,9 +44,10 @@ def _types(mapping: dict[str, str], indent: str) -> str:
     return f"{indent}types {{\n{inner}{indent}}}"
 
 
-def _rendered_types() -> dict[str, str]:
+def _by_type(mimetypes: dict[str, str]) -> dict[str, str]:
+    """suffix -> type, as nginx's `types {}` wants it: type -> suffixes."""
     by_type: dict[str, list[str]] = {}
-    for ext, mime in documents.MIMETYPES.items():
+    for ext, mime in mimetypes.items():
         by_type.setdefault(mime, []).append(ext)
     return {mime: " ".join(exts) for mime, exts in by_type.items()}
 
@@ -111,7 +97,7 @@ server {{
         autoindex on;
         autoindex_exact_size off;
         autoindex_localtime off;
-{_types(REPO_TYPES, "        ")}
+{_types(_by_type(documents.REPO_MIMETYPES), "        ")}
         default_type application/octet-stream;
 
         # Like the app: hidden files (temporary `.repomd.xml.tmp-*`) and partial downloads
@@ -147,7 +133,7 @@ server {{
     # them (e.g. /containerd/setup.sh?kubernetes_version=...), as it does for any not rendered.
     location ~ "{_rendered_location()}" {{
         root {data_dir / WWW_DIR};
-{_types(_rendered_types(), "        ")}
+{_types(_by_type(documents.MIMETYPES), "        ")}
         default_type text/plain;
         charset utf-8;
         charset_types {charset_types};

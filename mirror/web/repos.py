@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import mimetypes
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,11 +92,11 @@ def send_consistent(path: Path, mimetype: str | None = None, *, root: Path) -> R
         fh.close()
         abort(404)
     st = os.fstat(fh.fileno())
-    guessed = mimetype or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    if path.suffix == ".gz":  # never let a client transparently gunzip repodata
-        guessed = "application/gzip"
+    # The table nginx uses too; .gz stays application/gzip, so no client gunzips repodata.
+    suffix = path.suffix.lstrip(".")
+    guessed = mimetype or documents.REPO_MIMETYPES.get(suffix, "application/octet-stream")
     resp = current_app.response_class(
-        wrap_file(request.environ, fh), mimetype=guessed, direct_passthrough=True
+        wrap_file(request.environ, fh), content_type=guessed, direct_passthrough=True
     )
     resp.content_length = st.st_size
     resp.last_modified = datetime.fromtimestamp(st.st_mtime, UTC)
