@@ -29,8 +29,9 @@ lint: venv
 test: sysdeps venv lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# `make bench`: the full bench (issue 7's table); `make bench BENCH_ARGS=--quick` the quick one.
 bench: sysdeps venv
-	$(VENV)/bin/python bench/bench_reposync.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
