@@ -22,12 +22,13 @@ import pytest
 
 from mirror import nodeconfig, state
 from mirror.config import Config, RegistryConfig, load_config
-from mirror.errors import ConfigError, EnvironmentProblem
+from mirror.errors import ConfigError, EnvironmentProblem, ImageSyncError
+from mirror.images import manifest
 from mirror.images import registry as regmod
-from mirror.images import skopeo
+from mirror.images.manifest import Platform
 from mirror.images.refs import ImageJob, parse_reference, plan_jobs
 from mirror.images.registry import ensure_registry, registry_answers, run_foreground
-from mirror.images.skopeo import Platform, one_line
+from mirror.images.skopeo import one_line
 from mirror.images.sync import mirrored_images, sync_images
 from tests.fixtures.registry import (
     RegistryProcess,
@@ -119,23 +120,25 @@ def test_sync_all_platforms_then_noop_resync(
             assert result.platforms == ("linux/amd64", "linux/arm64")
             for name in job.destinations:
                 raw = raw_manifest(name)
-                assert skopeo.digest_of(raw) == want, name
-                assert json.loads(raw)["mediaType"] == skopeo.OCI_INDEX_TYPE
+                assert manifest.digest_of(raw) == want, name
+                assert json.loads(raw)["mediaType"] == manifest.OCI_INDEX_TYPE
         record = state.load(cfg.state_root, "images", coredns.source.upstream)
         assert record.ok and record.digest == pristine.digests[coredns.source.upstream]
         assert record.mirrored == " ".join(coredns.destinations) and record.duration_s
         assert record.platforms == ["linux/amd64", "linux/arm64"]
 
-        # No-op resync: one manifest request per image upstream, one per name locally,
-        # and not a single blob anywhere.
+        # No-op resync: one manifest HEAD per image upstream (Docker Hub counts no pull), one
+        # per name locally, and not a single blob anywhere.
         up_mark, local_mark = upstream.mark(), log_size(local_log(cfg))
         again = sync_images(cfg, jobs)
         assert errors(again) == [] and not any(r.changed for r in again)
         up_requests = upstream.requests(up_mark)
         local_requests = read_requests(local_log(cfg), local_mark)
         assert blob_gets(up_requests) == [] and blob_gets(local_requests) == []
-        assert [r.method for r in manifest_requests(up_requests)] == ["GET"] * len(jobs)
-        assert len(manifest_requests(local_requests)) == len(all_names(jobs))
+        assert [r.method for r in manifest_requests(up_requests)] == ["HEAD"] * len(jobs)
+        assert [r.method for r in manifest_requests(local_requests)] == ["HEAD"] * len(
+            all_names(jobs)
+        )
         assert not [r for r in local_requests if r.method in ("PUT", "POST", "PATCH")]
 
     rows = mirrored_images(cfg)
@@ -167,7 +170,7 @@ def test_single_platform_copies_that_platform_only(
             assert result.digest == by_arch["arm64"] and result.platforms == ("linux/arm64",)
             for name in job.destinations:
                 raw = raw_manifest(name)
-                assert skopeo.digest_of(raw) == by_arch["arm64"]
+                assert manifest.digest_of(raw) == by_arch["arm64"]
                 assert json.loads(raw)["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
         # The amd64 manifests were never even read from upstream.
         paths = [r.path for r in upstream.requests()]
@@ -414,7 +417,7 @@ def test_platform_selection() -> None:
         return {"digest": digest, "platform": {"os": os_name, "architecture": arch, **more}}
 
     index = {
-        "mediaType": skopeo.OCI_INDEX_TYPE,
+        "mediaType": manifest.OCI_INDEX_TYPE,
         "manifests": [
             entry("sha256:a", "linux", "amd64"),
             entry("sha256:v8", "linux", "arm64", variant="v8"),
@@ -422,11 +425,11 @@ def test_platform_selection() -> None:
             entry("sha256:att", "unknown", "unknown"),  # an attestation, not a platform
         ],
     }
-    assert skopeo.is_index(index)
-    assert skopeo.select_platform(index, Platform("linux", "arm64"), "x")[1] == "sha256:b"
-    assert skopeo.select_platform(index, Platform("linux", "arm64", "v8"), "x")[1] == "sha256:v8"
-    with pytest.raises(skopeo.SkopeoError, match=r"has: linux/amd64, linux/arm64, linux/arm64/v8"):
-        skopeo.select_platform(index, Platform("linux", "ppc64le"), "x")
+    assert manifest.is_index(index)
+    assert manifest.select_platform(index, Platform("linux", "arm64"), "x")[1] == "sha256:b"
+    assert manifest.select_platform(index, Platform("linux", "arm64", "v8"), "x")[1] == "sha256:v8"
+    with pytest.raises(ImageSyncError, match=r"has: linux/amd64, linux/arm64, linux/arm64/v8"):
+        manifest.select_platform(index, Platform("linux", "ppc64le"), "x")
 
 
 def test_config_problems(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""A thin typed wrapper over the `skopeo` binary (1.9.x); every transfer goes through it.
+"""A thin typed wrapper over the `skopeo` binary (1.9.x); every copy goes through it.
+
+Reading digests is not skopeo's job here (one process per manifest is what made a no-op sync
+slow): mirror.images.regapi asks the registries directly; skopeo runs only to copy.
 
 What skopeo 1.9.3 can and cannot do, and what we do about it:
 
@@ -6,8 +9,7 @@ What skopeo 1.9.3 can and cannot do, and what we do about it:
   $CONTAINERS_REGISTRIES_CONF. Upstream redirects and `insecure = true` come from that file,
   so for upstream sources we pass no `--src-tls-verify` at all: an explicit flag would override
   the file's `insecure`. Our own registry gets `--{src,dest}-tls-verify` from registry.tls_verify.
-- Digests: `inspect --raw` prints the manifest bytes exactly as served; their sha256 is the
-  registry digest. `copy --preserve-digests` keeps index and manifest digests (it fails rather
+- Digests: `copy --preserve-digests` keeps index and manifest digests (it fails rather
   than convert a format). Pushing to a digest reference (`repo@sha256:...`) works; a reference with
   both a tag and a digest does not ("Docker references with both a tag and digest are currently
   not supported"), so pinned sources are always read as `repo@digest`.
@@ -20,8 +22,6 @@ What skopeo 1.9.3 can and cannot do, and what we do about it:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -29,22 +29,17 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mirror.errors import EnvironmentProblem, ImageSyncError
+from mirror.images.manifest import Platform
 
 RETRY_TIMES = 3
-INSPECT_TIMEOUT = 300.0
 COPY_TIMEOUT = 3600.0
-OCI_INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
-DOCKER_LIST_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX_TYPE, DOCKER_LIST_TYPE})
 _MSG_RE = re.compile(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"')
 _NOISE_RE = re.compile(
     r'^(?:Error parsing image name "[^"]*": |initializing source \S+: |'
     r"copying system image from manifest list: |choosing an image from manifest list \S+: )+"
 )
-_MISSING = ("manifest unknown", "name unknown", "repository name not known")
 _MAX_MESSAGE = 400
 
 
@@ -55,11 +50,6 @@ class SkopeoError(ImageSyncError):
         super().__init__(image, reason)
         self.reason = reason
 
-    @property
-    def manifest_unknown(self) -> bool:
-        """The registry answered and has no such tag/digest (or repository)."""
-        return any(m in self.reason for m in _MISSING)
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -67,23 +57,6 @@ class Endpoint:
 
     tls_verify: bool | None = None
     authfile: Path | None = None
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    arch: str
-    variant: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.strip().split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise ValueError(f"bad platform {text!r} (expected os/arch or os/arch/variant)")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
-
-    def __str__(self) -> str:
-        return f"{self.os}/{self.arch}" + (f"/{self.variant}" if self.variant else "")
 
 
 def one_line(stderr: str, returncode: int) -> str:
@@ -150,88 +123,6 @@ def _run(args: Sequence[str], image: str, timeout: float) -> bytes:
         stderr = proc.stderr.decode("utf-8", errors="replace")
         raise SkopeoError(image, one_line(stderr, proc.returncode))
     return proc.stdout
-
-
-def raw_manifest(
-    ref: str,
-    endpoint: Endpoint | None = None,
-    registries_conf: Path | None = None,
-    image: str | None = None,
-) -> bytes:
-    """The manifest (or index) of `ref` ("host/path:tag" or "host/path@sha256:...") exactly as
-    the registry serves it: `skopeo inspect --raw --no-tags`, one manifest request."""
-    endpoint = endpoint or Endpoint()
-    args = [
-        *_global_args(registries_conf),
-        "inspect",
-        "--raw",
-        "--no-tags",
-        "--retry-times",
-        str(RETRY_TIMES),
-        *_bool("--tls-verify", endpoint.tls_verify),
-        *_path("--authfile", endpoint.authfile),
-        f"docker://{ref}",
-    ]
-    return _run(args, image or ref, INSPECT_TIMEOUT)
-
-
-def digest_of(raw: bytes) -> str:
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def manifest_digest(
-    ref: str,
-    endpoint: Endpoint | None = None,
-    registries_conf: Path | None = None,
-    image: str | None = None,
-) -> str:
-    """The registry digest of `ref`: sha256 of the raw manifest bytes."""
-    return digest_of(raw_manifest(ref, endpoint, registries_conf, image))
-
-
-def parse_manifest(raw: bytes, image: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise SkopeoError(image, "registry returned a manifest that is not JSON") from None
-    if not isinstance(doc, dict):
-        raise SkopeoError(image, "registry returned a manifest that is not a JSON object")
-    return doc
-
-
-def is_index(doc: dict[str, Any]) -> bool:
-    return doc.get("mediaType") in INDEX_TYPES or (
-        "manifests" in doc and "layers" not in doc and "config" not in doc
-    )
-
-
-def index_platforms(doc: dict[str, Any]) -> list[tuple[Platform, str]]:
-    """(platform, manifest digest) of each entry of an index; entries without a platform
-    (attestations, signatures stored as "unknown/unknown") are left out."""
-    found = []
-    for entry in doc.get("manifests") or []:
-        plat = entry.get("platform") or {}
-        os_name, arch = plat.get("os"), plat.get("architecture")
-        if not os_name or not arch or os_name == "unknown" or not entry.get("digest"):
-            continue
-        found.append((Platform(os_name, arch, plat.get("variant") or None), entry["digest"]))
-    return found
-
-
-def select_platform(doc: dict[str, Any], wanted: Platform, image: str) -> tuple[Platform, str]:
-    """The index entry for `wanted`: exact variant if one was asked for; otherwise an entry
-    without a variant first (arm64 images often say "v8"), then any variant."""
-    entries = [
-        (p, d) for p, d in index_platforms(doc) if (p.os, p.arch) == (wanted.os, wanted.arch)
-    ]
-    if wanted.variant:
-        entries = [(p, d) for p, d in entries if p.variant == wanted.variant]
-    else:
-        entries.sort(key=lambda e: e[0].variant is not None)
-    if not entries:
-        have = ", ".join(sorted({str(p) for p, _ in index_platforms(doc)})) or "none"
-        raise SkopeoError(image, f"no {wanted} image in the index (has: {have})")
-    return entries[0]
 
 
 def copy(

@@ -1,15 +1,21 @@
 """An image sync as named stages, per image: resolve upstream -> compare -> copy -> record.
 
-1. resolve: one manifest request upstream (`skopeo inspect --raw`); its sha256 is the digest,
-   and for a single configured platform the index names that platform's manifest digest.
-2. compare: one manifest request per destination name in our registry; missing or different
-   means copy. Equal everywhere: nothing else happens (no blob moves).
+All reads are registry API requests (mirror.images.regapi, one Fetcher per run); skopeo runs
+only to copy, and only when something differs.
+
+1. resolve: one manifest request upstream. A `HEAD` (digest only) when the state of the last
+   successful sync says what that digest resolves to (its fingerprint: platform mode + the
+   upstream digest), so a no-op sync reads no document and Docker Hub counts no pull; a GET
+   otherwise (first sync, tag moved, platforms changed): its sha256 is the digest, and for a
+   single configured platform the index names that platform's manifest digest.
+2. compare: one `HEAD` per destination name in our registry; missing (404) or different means
+   copy. Equal everywhere: nothing else happens (no blob moves, no skopeo).
 3. copy: `skopeo copy --preserve-digests` from `repo@<resolved digest>`, so what lands is exactly
    what was compared even if the tag moves meanwhile. A tag that moved upstream resolves to a
    new digest and is copied again. Further destination names (the coredns alias) are copied
    registry-locally from the first one: no upstream traffic, blobs already there.
 4. record: state per image (key = upstream reference): digest, mirrored names, platforms,
-   last_success/last_error, duration.
+   fingerprint, last_success/last_error, duration.
 
 Platforms (see mirror.images.skopeo for what skopeo 1.9 can do):
 - "all", or two or more platforms: the whole index is copied, digest kept. skopeo 1.9 cannot
@@ -35,12 +41,17 @@ from dataclasses import dataclass
 from mirror import state
 from mirror.config import Config
 from mirror.errors import ConfigError, ImageSyncError, MirrorError
-from mirror.images import skopeo
+from mirror.http import Fetcher
+from mirror.images import manifest, registries_conf, skopeo
+from mirror.images.manifest import Platform
 from mirror.images.refs import ImageJob, ImageRef
-from mirror.images.skopeo import Endpoint, Platform, SkopeoError
+from mirror.images.regapi import RegistryAPI
+from mirror.images.regauth import AuthFile
+from mirror.images.skopeo import Endpoint, SkopeoError
 from mirror.progress import progress_for
 
 log = logging.getLogger("mirror.images")
+PROBE_TIMEOUT = 10.0  # the /v2/ ping only picks a scheme; the real requests wait longer
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Resolved:
     all_platforms: bool
     platform: Platform | None  # the one platform copied, when not all
     platforms: tuple[str, ...]  # for state and reports; () when unknown
+    fingerprint: str  # "<mode> <upstream digest>": what this was resolved from
 
 
 def upstream_endpoint(cfg: Config) -> Endpoint:
@@ -83,48 +95,111 @@ def wanted_platforms(cfg: Config) -> list[Platform] | None:
         raise ConfigError(str(cfg.config_path or "config"), f"key 'platforms': {exc}") from None
 
 
-def resolve(cfg: Config, ref: ImageRef, wanted: list[Platform] | None) -> Resolved:
-    """Stage 1: one manifest request upstream."""
+def open_api(cfg: Config, fetcher: Fetcher, probe: Fetcher) -> RegistryAPI:
+    """The registry API client of one run (reads registries.conf and the authfiles once)."""
+    return RegistryAPI(
+        fetcher,
+        probe,
+        registries_conf=registries_conf.load(cfg.upstream.registries_conf),
+        upstream_auth=AuthFile(cfg.upstream.authfile),
+        local_url=cfg.registry.url,
+        local_tls_verify=cfg.registry.tls_verify,
+        local_auth=AuthFile(cfg.registry.authfile),
+    )
+
+
+def _mode(ref: ImageRef, wanted: list[Platform] | None) -> Platform | None:
+    """The one platform to copy, or None for the whole index (pinned references always)."""
+    if wanted is not None and len(wanted) == 1 and not ref.digest:
+        return wanted[0]
+    return None
+
+
+def _from_state(
+    ref: ImageRef, one: Platform | None, fingerprint: str, previous: state.ItemState
+) -> Resolved | None:
+    """What the last successful sync resolved the same upstream digest to, if it did: the
+    digest names the document, so the outcome is the same without reading it again."""
+    if previous.fingerprint != fingerprint or not previous.digest or not previous.platforms:
+        return None
+    if one is None:
+        source = f"{ref.repository}@{previous.digest}"
+        return Resolved(source, previous.digest, True, None, tuple(previous.platforms), fingerprint)
+    plat = Platform.parse(previous.platforms[0])
+    source = f"{ref.repository}@{previous.digest}"
+    return Resolved(source, previous.digest, False, plat, (str(plat),), fingerprint)
+
+
+def resolve(
+    api: RegistryAPI,
+    ref: ImageRef,
+    wanted: list[Platform] | None,
+    previous: state.ItemState | None = None,
+) -> Resolved:
+    """Stage 1: one manifest request upstream (two when the tag moved since the last sync)."""
     image = ref.upstream
-    # skopeo cannot read "repo:tag@digest"; a pinned digest wins over the tag.
-    query = f"{ref.repository}@{ref.digest}" if ref.digest else image
-    raw = skopeo.raw_manifest(query, upstream_endpoint(cfg), cfg.upstream.registries_conf, image)
-    top = skopeo.digest_of(raw)
-    if ref.digest and top != ref.digest:
-        raise ImageSyncError(image, f"upstream served {top}, not the pinned digest")
-    doc = skopeo.parse_manifest(raw, image)
-    index = skopeo.is_index(doc)
-    entries = [p for p, _ in skopeo.index_platforms(doc)] if index else []
+    reference = ref.digest or ref.tag or "latest"
+    one = _mode(ref, wanted)
+    mode = _mode_key(ref, one, wanted)
+    if previous is not None and previous.fingerprint:
+        head = api.upstream(ref, reference)
+        known = _from_state(ref, one, f"{mode} {head.digest}", previous)
+        if known is not None:
+            _check_pinned(ref, head.digest)
+            return known
+        reference = head.digest  # read exactly the document HEAD named
+    got = api.upstream(ref, reference, body=True)
+    top = got.digest
+    _check_pinned(ref, top)
+    assert got.body is not None
+    doc = manifest.parse_manifest(got.body, image)
+    index = manifest.is_index(doc)
+    entries = [p for p, _ in manifest.index_platforms(doc)] if index else []
     listed = tuple(sorted(str(p) for p in entries))
     source = f"{ref.repository}@{top}"
-    if wanted is not None and len(wanted) == 1 and not ref.digest:
+    fingerprint = f"{mode} {top}"
+    if one is not None:
         if not index:  # a single-platform image: copied as it is
-            return Resolved(source, top, False, wanted[0], (str(wanted[0]),))
-        plat, digest = skopeo.select_platform(doc, wanted[0], image)
-        return Resolved(f"{ref.repository}@{digest}", digest, False, plat, (str(plat),))
-    if wanted is not None and index:
-        missing = [
-            str(w)
-            for w in wanted
-            if not any(
-                (p.os, p.arch) == (w.os, w.arch) and w.variant in (None, p.variant) for p in entries
-            )
-        ]
-        if missing:
-            log.warning("%s: upstream has no %s image", image, ", ".join(missing))
-    return Resolved(source, top, True, None, listed)
-
-
-def local_digest(cfg: Config, name: str, image: str) -> str | None:
-    """Stage 2, one destination: its digest in our registry, None when it has no such tag."""
-    try:
-        return skopeo.manifest_digest(
-            name, local_endpoint(cfg), cfg.upstream.registries_conf, image
+            return Resolved(source, top, False, one, (str(one),), fingerprint)
+        plat, digest = manifest.select_platform(doc, one, image)
+        return Resolved(
+            f"{ref.repository}@{digest}", digest, False, plat, (str(plat),), fingerprint
         )
-    except SkopeoError as exc:
-        if exc.manifest_unknown:
-            return None
-        raise SkopeoError(image, f"checking {name} in our registry: {exc.reason}") from None
+    if wanted is not None and index:
+        _warn_missing(image, wanted, entries)
+    return Resolved(source, top, True, None, listed, fingerprint)
+
+
+def _mode_key(ref: ImageRef, one: Platform | None, wanted: list[Platform] | None) -> str:
+    """What decides the outcome of resolve besides the upstream digest (the fingerprint's
+    first half): a state written under other platform settings is not reused."""
+    if ref.digest:
+        return "pinned"  # always the whole index
+    if one is not None:
+        return str(one)
+    return "all" if wanted is None else ",".join(str(w) for w in wanted)
+
+
+def _warn_missing(image: str, wanted: list[Platform], entries: list[Platform]) -> None:
+    missing = [
+        str(w)
+        for w in wanted
+        if not any(
+            (p.os, p.arch) == (w.os, w.arch) and w.variant in (None, p.variant) for p in entries
+        )
+    ]
+    if missing:
+        log.warning("%s: upstream has no %s image", image, ", ".join(missing))
+
+
+def _check_pinned(ref: ImageRef, served: str) -> None:
+    if ref.digest and served != ref.digest:
+        raise ImageSyncError(ref.upstream, f"upstream served {served}, not the pinned digest")
+
+
+def local_digest(api: RegistryAPI, name: str, image: str) -> str | None:
+    """Stage 2, one destination: its digest in our registry, None when it has no such tag."""
+    return api.local_digest(name, image)
 
 
 def copy_to(cfg: Config, job: ImageJob, resolved: Resolved, targets: Sequence[str]) -> None:
@@ -160,12 +235,17 @@ def copy_to(cfg: Config, job: ImageJob, resolved: Resolved, targets: Sequence[st
 
 
 def sync_image(
-    cfg: Config, job: ImageJob, wanted: list[Platform] | None, dry_run: bool
-) -> ImageResult:
+    cfg: Config,
+    api: RegistryAPI,
+    job: ImageJob,
+    wanted: list[Platform] | None,
+    dry_run: bool,
+    previous: state.ItemState | None = None,
+) -> tuple[ImageResult, Resolved]:
     """Stages 1-3 for one image; raises MirrorError on failure."""
     image = job.source.upstream
-    resolved = resolve(cfg, job.source, wanted)
-    current = {name: local_digest(cfg, name, image) for name in job.destinations}
+    resolved = resolve(api, job.source, wanted, previous)
+    current = {name: local_digest(api, name, image) for name in job.destinations}
     targets = [name for name, digest in current.items() if digest != resolved.digest]
     if not targets:
         log.debug("%s: up to date (%s)", image, resolved.digest)
@@ -176,13 +256,14 @@ def sync_image(
         # Destinations keep their order, so a stale first name is refreshed before the alias
         # is copied from it.
         copy_to(cfg, job, resolved, targets)
-    return ImageResult(
+    result = ImageResult(
         image, job.destinations, resolved.digest, bool(targets), platforms=resolved.platforms
     )
+    return result, resolved
 
 
 def _run_one(
-    cfg: Config, job: ImageJob, wanted: list[Platform] | None, dry_run: bool
+    cfg: Config, api: RegistryAPI, job: ImageJob, wanted: list[Platform] | None, dry_run: bool
 ) -> ImageResult:
     """One image, recorded in state; every failure becomes ImageResult.error."""
     started = time.monotonic()
@@ -191,7 +272,7 @@ def _run_one(
     record.upstream = image
     record.last_attempt = state.now_iso()
     try:
-        result = sync_image(cfg, job, wanted, dry_run)
+        result, resolved = sync_image(cfg, api, job, wanted, dry_run, record)
     except MirrorError as exc:
         message = str(exc) if isinstance(exc, ImageSyncError) else f"image {image}: {exc}"
         log.error("%s", message)
@@ -206,6 +287,7 @@ def _run_one(
         record.digest = result.digest
         record.mirrored = " ".join(job.destinations)
         record.platforms = list(result.platforms)
+        record.fingerprint = resolved.fingerprint
         record.last_success = state.now_iso()
         record.last_error = None
     record.duration_s = round(time.monotonic() - started, 3)
@@ -225,13 +307,18 @@ def sync_images(cfg: Config, jobs: Sequence[ImageJob], dry_run: bool = False) ->
         return []
     skopeo.binary()  # no skopeo: one clear error instead of one per image
     wanted = wanted_platforms(cfg)
+    workers = max(1, min(cfg.image_workers, len(jobs)))
+    fetcher = Fetcher(timeout=cfg.http_timeout, retries=cfg.http_retries, parallel=workers)
+    # Pings that fail only mean "try the other scheme": no retries, no long wait.
+    probe = Fetcher(timeout=min(cfg.http_timeout, PROBE_TIMEOUT), retries=0, parallel=1)
     progress = progress_for("images", len(jobs), 0)
     results: dict[int, ImageResult] = {}
     try:
-        workers = max(1, min(cfg.image_workers, len(jobs)))
+        api = open_api(cfg, fetcher, probe)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image") as pool:
             futures = {
-                pool.submit(_run_one, cfg, job, wanted, dry_run): i for i, job in enumerate(jobs)
+                pool.submit(_run_one, cfg, api, job, wanted, dry_run): i
+                for i, job in enumerate(jobs)
             }
             for future in as_completed(futures):
                 i = futures[future]
@@ -239,6 +326,8 @@ def sync_images(cfg: Config, jobs: Sequence[ImageJob], dry_run: bool = False) ->
                 progress.item_done(jobs[i].source.upstream)
     finally:
         progress.close()
+        fetcher.close()
+        probe.close()
     return [results[i] for i in range(len(jobs))]
 
 
