@@ -154,6 +154,8 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
             failures += _sync_repos(cfg, targets, dry_run)
         if jobs:
             failures += _sync_images(cfg, jobs, dry_run)
+        if not dry_run:
+            failures += _render_node_files(cfg)
     if failures:
         click.echo(f"mirror sync: {len(failures)} failed:", err=True)
         for line, _ in failures:
@@ -174,6 +176,20 @@ def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[t
         results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
     _log_summary("repos", "changed", results)
     return [(r.error, r.exit_code) for r in results if r.error]
+
+
+def _render_node_files(cfg: Config) -> list[tuple[str, int]]:
+    """The static files nodes fetch (.repo files, hosts.toml, images.txt, ...) follow what was
+    just synced; served by nginx from data_dir/www (mirror.web.static)."""
+    from mirror.web.static import render_static
+
+    try:
+        render_static(cfg)
+    except OSError as exc:
+        message = f"node files under {cfg.data_dir / 'www'}: {exc.strerror or exc}"
+        log.error("%s", message)
+        return [(message, EXIT_SYNC_FAILED)]
+    return []
 
 
 def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[tuple[str, int]]:
