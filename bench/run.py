@@ -114,6 +114,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--wrk-duration", type=int, metavar="S", help="seconds per wrk run (10)")
     add("--wrk-connections", type=int, nargs="+", metavar="C", help="(32 256)")
     add("--plan-packages", type=int, metavar="N", help="packages in the big primary (60000)")
+    add(
+        "--fixture-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep the built yum fixture (signed rpms) in DIR and reuse it in later runs",
+    )
     add("--workdir", type=Path, metavar="DIR", help="scratch parent dir (default $TMPDIR)")
     add("--keep", action="store_true", help="keep the scratch dir (logs, configs)")
     add(
@@ -245,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             checks,
             py,
             src,
+            args.fixture_cache,
         ),
         "images": lambda w: run_images(w, ImageOptions(args.images, args.runs), checks, py, src),
         "serve": lambda w: run_serve(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    BenchError,
     Checks,
     MiB,
     RunStats,
@@ -125,9 +127,28 @@ def build_signed(
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def build_upstream(work: Path, key: GpgKey, opts: YumOptions) -> Upstream:
-    root, snapshots = work / "upstream", work / "snapshots"
-    repo = root / "repo"
+def build_upstream(work: Path, key: GpgKey, opts: YumOptions, cache: Path | None) -> Upstream:
+    """The fixture in work/{upstream,snapshots,added}: built, or copied from cache/ when an
+    earlier bench built one with the same sizes (delete the cache dir to rebuild)."""
+    subdirs = ("upstream", "snapshots", "added")
+    cached = cache / f"yum-{opts.packages}x{opts.payload}+{opts.added}" if cache else None
+    if cached is not None and (cached / "complete").exists():
+        for sub in subdirs:
+            shutil.copytree(cached / sub, work / sub)
+        log(f"yum: fixture copied from {cached}")
+    else:
+        _build_fixture(work, key, opts)
+        if cached is not None:
+            shutil.rmtree(cached, ignore_errors=True)
+            for sub in subdirs:
+                shutil.copytree(work / sub, cached / sub)
+            (cached / "complete").touch()
+    return _load(work)
+
+
+def _build_fixture(work: Path, key: GpgKey, opts: YumOptions) -> None:
+    """Signed rpms; repodata snapshots of state A and B; the served tree left in state A."""
+    repo = work / "upstream" / "repo"
     started = time.perf_counter()
     size = opts.payload
     pkgs = [Pkg(f"bench-pkg-{i:05d}", "1.0", payload_size=size) for i in range(opts.packages)]
@@ -142,23 +163,33 @@ def build_upstream(work: Path, key: GpgKey, opts: YumOptions) -> Upstream:
     log(
         f"yum: built + signed {len(pkgs) + len(added)} rpms in {time.perf_counter() - started:.1f}s"
     )
-
     started = time.perf_counter()
     make_repo(repo, key)  # state A
-    shutil.copytree(repo / "repodata", snapshots / "A")
+    shutil.copytree(repo / "repodata", work / "snapshots" / "A")
     for name in added_names:
         shutil.copy2(added_dir / name, repo / "Packages" / name)
     make_repo(repo, key)  # state B: generated later, as upstream would
-    shutil.copytree(repo / "repodata", snapshots / "B")
-    expected_b = hash_tree(rpm_files(repo))
-    added_rel = {f"Packages/{n}" for n in added_names}
-    for rel in added_rel:
-        (repo / rel).unlink()
-    expected_a = {k: v for k, v in expected_b.items() if k not in added_rel}
-    up = Upstream(root, snapshots, added_dir, added_rel, expected_a, expected_b)
+    shutil.copytree(repo / "repodata", work / "snapshots" / "B")
+    for name in added_names:
+        (repo / "Packages" / name).unlink()
+    log(f"yum: repodata for both states in {time.perf_counter() - started:.1f}s")
+
+
+def _load(work: Path) -> Upstream:
+    root, snapshots, added_dir = work / "upstream", work / "snapshots", work / "added"
+    expected_a = hash_tree(rpm_files(root / "repo"))
+    added = hash_tree({f"Packages/{p.name}": p for p in added_dir.glob("*.rpm")})
+    up = Upstream(root, snapshots, added_dir, set(added), expected_a, {**expected_a, **added})
     up.repomd_a = (snapshots / "A" / "repomd.xml").read_bytes()
     up.repomd_b = (snapshots / "B" / "repomd.xml").read_bytes()
-    log(f"yum: repodata for both states in {time.perf_counter() - started:.1f}s")
+    if up.repomd_a == up.repomd_b or set(added) & set(expected_a):
+        raise BenchError(f"broken yum fixture in {work}")
+    # gpgcheck=1 in the .repo: the rpms must carry the fixture key's signature.
+    sample = [root / "repo" / rel for rel in sorted(expected_a)[:: max(1, len(expected_a) // 4)]]
+    query = ["rpm", "-qp", "--nosignature", "--qf", "%{RSAHEADER:pgpsig}|%{SIGPGP:pgpsig}\n"]
+    sigs = subprocess.run([*query, *map(str, sample)], capture_output=True, text=True).stdout
+    if len(sigs.splitlines()) != len(sample) or "(none)|(none)" in sigs:
+        raise BenchError(f"yum fixture rpms are not signed:\n{sigs}")
     return up
 
 
@@ -339,9 +370,15 @@ def measure(
 
 
 def run_yum(
-    work: Path, key: GpgKey, opts: YumOptions, checks: Checks, python: str, src: Path
+    work: Path,
+    key: GpgKey,
+    opts: YumOptions,
+    checks: Checks,
+    python: str,
+    src: Path,
+    cache: Path | None = None,
 ) -> Section:
-    up = build_upstream(work, key, opts)
+    up = build_upstream(work, key, opts, cache)
     if not Latency.install():
         raise RuntimeError("cannot add latency to UpstreamServer")
     samples: dict[tuple[str, str], list[Sample]] = {}
