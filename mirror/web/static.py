@@ -78,7 +78,7 @@ def _remove_stale(root: Path, wanted: set[Path]) -> None:
     render included), then the directories that became empty."""
     if not root.is_dir():
         return
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
         here = Path(dirpath)
         for name in filenames:
             path = here / name
