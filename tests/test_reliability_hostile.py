@@ -332,7 +332,11 @@ def test_utf16_metadata_is_refused(tmp_path: Path) -> None:
     doc = '<?xml version="1.0" encoding="UTF-16"?>\n<!DOCTYPE x [<!ENTITY a "b">]>\n<repomd/>'
     guard = XmlGuard("r", "repodata/repomd.xml")
     with pytest.raises(RepoSyncError, match="is not XML"):
-        guard.feed(doc.encode("utf-16"))
+        guard.feed(doc.encode("utf-16"))  # with a byte order mark
+    for encoding in ("utf-16-le", "utf-32-le"):  # libxml2 detects these without one
+        guard = XmlGuard("r", "repodata/repomd.xml")
+        with pytest.raises(RepoSyncError, match="NUL byte"):
+            guard.feed(doc.encode(encoding))
     guard = XmlGuard("r", "repodata/repomd.xml")
     with pytest.raises(RepoSyncError, match="refusing XML encoding 'UTF-16'"):
         guard.feed(doc.encode())
@@ -442,7 +446,9 @@ def test_nul_in_package_href_is_refused(mirror: Mirror) -> None:
         len(hostile),
         hashlib.sha256(hostile).hexdigest(),
     )
-    assert_refused(mirror, mirror.sync("--repo", K8S), "primary metadata does not parse")
+    lineno = plain.count(b"\n", 0, start) + 1
+    line = f"(line {lineno})"
+    assert_refused(mirror, mirror.sync("--repo", K8S), "n-primary.xml.gz", "NUL byte", line)
     assert_nothing_outside(mirror)
 
 

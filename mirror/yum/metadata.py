@@ -142,9 +142,10 @@ class XmlGuard:
     """Screens an XML document chunk by chunk, before any parser sees it.
 
     Refuses what yum metadata never contains but a hostile upstream could send: a DTD
-    (entity expansion, external entities), a non-ASCII-compatible encoding (which would hide
-    the DTD from a byte scan), a first byte that is not markup, and a single text or tag
-    longer than MAX_TOKEN. Memory is bounded by the chunk size whatever the input size.
+    (entity expansion, external entities), a non-ASCII-compatible encoding or a NUL byte
+    (UTF-16/32 would hide the DTD from a byte scan), a first byte that is not markup, and a
+    single text or tag longer than MAX_TOKEN. Memory is bounded by the chunk size, whatever
+    the input size.
     """
 
     def __init__(self, repo: str, name: str, max_token: int = MAX_TOKEN) -> None:
@@ -167,6 +168,10 @@ class XmlGuard:
             self._check_start(chunk)
         self.size += len(chunk)
         self._check_token(chunk)
+        nul = chunk.find(b"\x00")
+        if nul >= 0:  # never in UTF-8 XML; UTF-16/32 without a BOM would hide `<!` from us
+            line = self._tail_line + self._tail.count(b"\n") + chunk.count(b"\n", 0, nul)
+            raise self.refuse("refusing a NUL byte (XML in UTF-8 has none)", line)
         window = self._tail + chunk
         for match in _DECLARATION.finditer(window):
             if len(window) - match.start() <= _LOOKAHEAD:
@@ -465,7 +470,10 @@ def parse_packages(repo: str, meta: UpstreamMetadata) -> list[PackageRef]:
     except Exception as exc:
         if reader.abort is not None:
             raise reader.abort from None
-        raise RepoSyncError(repo, f"primary metadata does not parse: {_one_line(exc)}") from None
+        record = meta.record("primary")
+        href = record.href if record else "primary"
+        reason = _one_line(exc).replace(f"'{path}' ", "")  # our staging path, not upstream's
+        raise RepoSyncError(repo, f"primary metadata {href} does not parse: {reason}") from None
     if reader.problems:
         more = reader.refused - 1
         raise UnsafePathError(repo, reader.problems[0] + (f" (and {more} more)" if more else ""))
