@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: every row of issue 7's table, mirror side by side with the peer tool.
 
-    .venv/bin/python bench/run.py                  # full bench (about 15-20 min on 2 cores)
+    .venv/bin/python bench/run.py                  # full bench (about 12-15 min on 2 cores)
     .venv/bin/python bench/run.py --quick          # tiny sizes, 1 run (< 90 s; used by a test)
     .venv/bin/python bench/run.py --only yum plan --runs 5 --markdown-out bench/RESULTS.md
 
@@ -200,7 +200,7 @@ def render(
     for name, error in failures.items():
         first = error.strip().splitlines()[0][:140] if error.strip() else "failed"
         keys = row_keys(args)[name]
-        rows += [[key.strip(), "-", "-", "-", "-", "**FAILED**", first] for key in keys]
+        rows += [[key.strip().rstrip(","), "-", "-", "-", "-", "**FAILED**", first] for key in keys]
     parts = [
         "## mirror vs peer tools (issue 7)",
         f"Command: `{repro_command(argv)}`",
