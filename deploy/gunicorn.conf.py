@@ -24,7 +24,10 @@ bind = [os.environ.get("MIRROR_BIND", "127.0.0.1:8080")]
 # gthread: dnf, curl and containerd keep connections open; a thread per connection keeps a
 # slow node from holding a whole worker. Requests are mostly sendfile()d files, so a few
 # processes with a few threads each saturate the disk or the NIC long before the CPU.
-worker_class = "gthread"
+# mirror.web.server.BoundedThreadWorker is gthread that gathers each request head without a
+# thread (10 s deadline), so slow or silent clients cannot take all threads; the same worker
+# `mirror serve` runs.
+worker_class = "mirror.web.server.BoundedThreadWorker"
 workers = int(os.environ.get("MIRROR_WORKERS", "4"))
 threads = int(os.environ.get("MIRROR_THREADS", "4"))
 # Large rpms and image blobs over slow links: a worker busy sending must not be killed.

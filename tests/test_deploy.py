@@ -334,7 +334,7 @@ def test_gunicorn_conf_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     conf = _load_gunicorn_conf(monkeypatch, tmp_path)
     assert conf["wsgi_app"] == "mirror.web.wsgi:app"
     assert conf["bind"] == ["127.0.0.1:8080"]
-    assert conf["worker_class"] == "gthread"
+    assert conf["worker_class"] == "mirror.web.server.BoundedThreadWorker"  # gthread, bounded
     assert conf["workers"] == 4 and conf["threads"] == 4
     assert conf["sendfile"] is None  # gunicorn: None = sendfile on; True would turn it OFF
     assert conf["accesslog"] == "-"
@@ -366,9 +366,23 @@ def test_gunicorn_conf_names_are_gunicorn_settings(
     assert not unknown, f"not gunicorn settings: {unknown}"
     for key, value in public.items():
         cfg.set(key, value)
-    assert cfg.worker_class_str == "gthread"
+    assert cfg.worker_class_str == "mirror.web.server.BoundedThreadWorker"
     monkeypatch.delenv("SENDFILE", raising=False)
     assert cfg.sendfile is True  # what the workers look at: sendfile(2) for file responses
+
+
+def test_gunicorn_conf_agrees_with_mirror_serve(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """mirror-web.service and `mirror serve` run gunicorn the same way."""
+    from mirror.web.server import gunicorn_options
+
+    conf = _load_gunicorn_conf(monkeypatch, tmp_path)
+    ours = gunicorn_options("127.0.0.1:8080", workers=4, threads=4)
+    for key in ("worker_class", "workers", "threads", "timeout", "graceful_timeout"):
+        assert conf[key] == ours[key], key
+    assert conf["access_log_format"] == ours["access_log_format"]
+    assert "sendfile" not in ours and conf["sendfile"] is None  # both leave sendfile on
 
 
 def test_gunicorn_conf_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -519,18 +533,27 @@ def _nginx_temp_paths(nginx: str, tmp: Path) -> str:
 
 
 def site_config(repos: Path, listen_port: int, web_port: int) -> str:
-    """deploy/nginx-mirror.conf with only its addresses moved to the test's."""
+    """deploy/nginx-mirror.conf with only its addresses and data dir moved to the test's."""
     text = (DEPLOY / "nginx-mirror.conf").read_text()
     swaps = [
         ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
         ("listen [::]:80;", ""),
-        ("alias /var/lib/mirror/data/repos/;", f"alias {repos}/;"),
         ("server 127.0.0.1:8080;", f"server 127.0.0.1:{web_port};"),
     ]
     for old, new in swaps:
         assert text.count(old) == 1, f"nginx-mirror.conf no longer has exactly one {old!r}"
         text = text.replace(old, new)
-    return text
+    assert "root /var/lib/mirror/data;" in text
+    return text.replace("/var/lib/mirror/data", str(repos.parent))
+
+
+def test_nginx_deploy_conf_is_what_mirror_serve_runs() -> None:
+    """One source for the location rules: the deploy file is the generator's output."""
+    from mirror.web.nginx import deploy_config
+
+    assert (DEPLOY / "nginx-mirror.conf").read_text() == deploy_config(), (
+        "regenerate: python -m mirror.web.nginx > deploy/nginx-mirror.conf"
+    )
 
 
 def nginx_setup(tmp: Path, repos: Path, web_port: int) -> tuple[list[str], int]:
