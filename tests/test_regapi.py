@@ -40,7 +40,7 @@ from tests.fixtures.registry import (
     start_registry,
     write_mirror_config,
 )
-from tests.fixtures.tokenserver import NoDigestRegistry, TokenServer, serve
+from tests.fixtures.tokenserver import NoDigestRegistry, TokenServer, redirector, serve
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("docker-registry") and shutil.which("openssl")),
@@ -452,3 +452,48 @@ def test_challenge_and_authfile_parsing(tmp_path: Path) -> None:
     assert auth.lookup("quay.io", "team/app") == Credentials("team", "c:with:colons")
     assert auth.lookup("quay.io", "other/app") == Credentials("quay", "b")
     assert auth.lookup("ghcr.io", "x/y") is None
+
+
+def test_redirect_to_a_token_registry(
+    tmp_path: Path, token_upstream: tuple[RegistryProcess, TokenServer]
+) -> None:
+    """A front redirecting to a backend that challenges (libcurl drops Authorization across
+    hosts): the backend is asked directly with a token for its repository name."""
+    backend, tokens = token_upstream
+    front = serve(redirector(f"http://{backend.host}"))
+    host = f"127.0.0.1:{front.server_address[1]}"
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f'[[registry]]\nprefix = "docker.io"\nlocation = "{host}/docker.io"\ninsecure = true\n'
+    )
+    try:
+        with Fetcher(retries=0) as fetcher, Fetcher(retries=0) as probe:
+            api = RegistryAPI(
+                fetcher,
+                probe,
+                registries_conf=registries_conf.load(conf),
+                upstream_auth=AuthFile(None),
+                local_url="127.0.0.1:1",
+                local_tls_verify=False,
+                local_auth=AuthFile(None),
+            )
+            got = api.upstream(parse_reference(IMAGES[0]), "1.25")
+        index = read_manifest_via_token(backend, tokens, "docker.io/library/nginx", "1.25")
+        assert got.digest == digest_of(index)
+        assert ["repository:docker.io/library/nginx:pull"] in [q["scope"] for q in tokens.requests]
+    finally:
+        front.shutdown()
+        front.server_close()
+
+
+def read_manifest_via_token(
+    registry: RegistryProcess, tokens: TokenServer, repo: str, ref: str
+) -> bytes:
+    token = tokens.sign([f"repository:{repo}:pull"])
+    with Fetcher(retries=0) as fetcher:
+        url = f"http://{registry.host}/v2/{repo}/manifests/{ref}"
+        reply = fetcher.request(
+            "GET", url, headers={"Accept": ACCEPT, "Authorization": f"Bearer {token}"}
+        )
+    assert reply.status == 200, (url, reply.status)
+    return reply.body

@@ -29,7 +29,7 @@ from mirror.images.regauth import Authenticator, AuthError, AuthFile
 from mirror.images.registries_conf import Blocked, Location, RegistriesConf
 
 MANIFEST_LIMIT = 4 * 1024 * 1024  # distribution refuses manifests larger than this
-_MISSING = {404}
+_MISSING_CODES = {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}
 _MANIFEST_PATH_RE = re.compile(r"^[a-z]+://[^/]+/v2/(.+)/manifests/[^/?]+")
 _REASONS = {401: "unauthorized", 403: "access denied", 404: "manifest unknown"}
 
@@ -72,6 +72,17 @@ def _repository_in(url: str) -> str | None:
     """The repository name in a manifest URL (after a redirect it may differ from ours)."""
     m = _MANIFEST_PATH_RE.search(url)
     return m[1] if m else None
+
+
+def _error_codes(reply: Reply) -> set[str]:
+    """Error codes of the spec's error body (some registries say NAME_UNKNOWN with a 400)."""
+    if not 400 <= reply.status < 500 or not reply.body:
+        return set()
+    try:
+        errors = json.loads(reply.body).get("errors") or []
+        return {str(e.get("code")) for e in errors if isinstance(e, dict)}
+    except (ValueError, AttributeError):
+        return set()
 
 
 def _error_text(reply: Reply) -> str:
@@ -176,7 +187,7 @@ class RegistryAPI:
             reply = self._authorized("GET", url, base, loc, authfile)
         if reply.status == 200:
             return Manifest(digest_of(reply.body), reply.body, url)
-        if reply.status in _MISSING:
+        if reply.status == 404 or _error_codes(reply) & _MISSING_CODES:
             raise _Missing(url)
         raise _Failed(url, _error_text(reply))
 
