@@ -44,9 +44,10 @@ class Manifest:
 class _Missing(Exception):
     """The registry answered: no such repository, tag or digest."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
         self.url = url
+        self.reason = reason
 
 
 class _Failed(Exception):
@@ -145,8 +146,6 @@ class RegistryAPI:
             except (_Missing, _Failed) as exc:
                 failure = exc
         assert failure is not None  # locations() always names at least the primary
-        if isinstance(failure, _Missing):
-            raise ImageSyncError(image, f"{failure.url}: manifest unknown (HTTP 404)")
         raise ImageSyncError(image, f"{failure.url}: {failure.reason}")
 
     # -- our registry --------------------------------------------------------------------
@@ -188,7 +187,7 @@ class RegistryAPI:
         if reply.status == 200:
             return Manifest(digest_of(reply.body), reply.body, url)
         if reply.status == 404 or _error_codes(reply) & _MISSING_CODES:
-            raise _Missing(url)
+            raise _Missing(url, _error_text(reply))
         raise _Failed(url, _error_text(reply))
 
     def _authorized(
