@@ -2,24 +2,41 @@
 
 Order matters for nodes running dnf while we publish:
 1. new packages are moved in (new paths appear; nothing old disappears);
-2. metadata files are moved in (upstream names them by checksum, so old ones stay valid);
-3. repomd.xml.asc, then repomd.xml are renamed into place: the switch;
-4. only then are packages the new repomd.xml no longer names removed, and metadata files
-   named by neither the new nor the previous repomd.xml (a client that read the previous
-   one just before the switch still finds every file it names).
+2. the generation record is written (state/published/<target>.json): the package list of
+   the new generation and of the one live now, each tagged with its repomd.xml's sha256;
+3. metadata files are moved in (upstream names them by checksum, so old ones stay valid);
+4. repomd.xml.asc, then repomd.xml are renamed into place, back to back: the switch;
+5. only then is anything removed, and only files named by neither the new generation nor
+   the previous one (the one live until step 4): packages and metadata a client read from
+   the previous repomd.xml a moment before the switch stay downloadable until the next
+   publish. The previous generation's package list comes from the record of step 2, matched
+   by the live repomd.xml's sha256; when none matches (a tree published by an older version
+   of this program) no package is removed this round.
 A client therefore reads either the old or the new complete repo. The one unavoidable gap
 is between the two requests dnf makes for repomd.xml and repomd.xml.asc.
+
+Durability (mirror.fsutil): every file is fsynced before the rename that makes it live and
+every directory after it, so a power loss leaves the old or the new generation, never an
+empty repomd.xml. A crash (even SIGKILL) at any point leaves a tree the next sync completes.
+
+Nothing below data_dir may be a symlink on the paths publish writes or prunes: one planted
+there (data/repos/kubernetes/x86_64 -> /tmp/evil) would turn moves and deletes into writes
+outside data_dir, so the sync is refused with the path named (refuse_symlinks).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import createrepo_c as cr
 
+from mirror import fsutil
 from mirror.errors import RepoSyncError
 from mirror.yum.metadata import REPOMD, PackageRef, UpstreamMetadata
 
@@ -29,21 +46,46 @@ SIGNATURE = REPOMD + ".asc"
 _CARRIED_INTO_FILTERED = ("group", "group_gz")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Generation:
+    """Everything one publish makes live."""
+
+    repomd: bytes
+    signature: bytes | None  # repomd.xml.asc; None removes a stale one
+    metadata_root: Path  # where the metadata files (hrefs) are now, in staging
+    metadata: tuple[str, ...]  # hrefs repomd.xml names
+    packages: tuple[PackageRef, ...]  # every package the new primary names
+    to_move: tuple[PackageRef, ...]  # the subset downloaded into packages_root
+    packages_root: Path
 
 
-def _move_in(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dest)
+def refuse_symlinks(repo: str, data_dir: Path, roots: Iterable[Path]) -> None:
+    """Raise RepoSyncError naming the first symlink on, or anywhere below, each root (which
+    must lie inside data_dir): moves and deletes through it would leave data_dir."""
+    base = Path(os.path.abspath(data_dir))
+    for root in roots:
+        path = base
+        for part in Path(os.path.abspath(root)).relative_to(base).parts:
+            path = path / part
+            _refuse_link(repo, path)
+        if not path.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(path):  # never follows links
+            for name in (*dirnames, *filenames):
+                _refuse_link(repo, Path(dirpath) / name)
+
+
+def _refuse_link(repo: str, path: Path) -> None:
+    if path.is_symlink():
+        raise RepoSyncError(
+            repo,
+            f"refusing to publish: {path} is a symlink (to {os.readlink(path)}); "
+            "nothing below data_dir may be one",
+        )
 
 
 def move_packages(packages: Iterable[PackageRef], staging: Path, target: Path) -> None:
-    for pkg in packages:
-        _move_in(staging / pkg.href, target / pkg.href)
+    fsutil.durable_move_all((staging / pkg.href, target / pkg.href) for pkg in packages)
 
 
 def generate_filtered_metadata(
@@ -101,19 +143,21 @@ def generate_filtered_metadata(
 def switch_metadata(
     target: Path, source_root: Path, hrefs: Iterable[str], repomd: bytes, signature: bytes | None
 ) -> None:
-    """Steps 2 and 3: metadata files in, then the signature, then repomd.xml itself."""
+    """Steps 3 and 4: metadata files in, then the signature, then repomd.xml itself."""
+    moves = []
     for href in hrefs:
         dest = target / href
         src = source_root / href
         if dest.exists() and dest.read_bytes() == src.read_bytes():
             continue
-        _move_in(src, dest)
-    if signature is not None:
-        atomic_write(target / SIGNATURE, signature)
-    atomic_write(target / REPOMD, repomd)
+        moves.append((src, dest))
+    fsutil.durable_move_all(moves)
     if signature is None:
+        fsutil.atomic_write(target / REPOMD, repomd)
         # A stale signature of an older repomd.xml would fail every repo_gpgcheck client.
-        (target / SIGNATURE).unlink(missing_ok=True)
+        fsutil.unlink_durable(target / SIGNATURE)
+    else:
+        fsutil.atomic_write_all([(target / SIGNATURE, signature), (target / REPOMD, repomd)])
 
 
 def live_metadata(target: Path) -> list[str]:
@@ -131,23 +175,86 @@ def live_metadata(target: Path) -> list[str]:
         return []
 
 
-def prune(target: Path, keep_packages: Iterable[PackageRef], keep_metadata: Iterable[str]) -> int:
-    """Step 4: remove packages and metadata the live repomd.xml no longer names."""
-    keep = {str(target / p.href) for p in keep_packages}
-    keep_meta = {str(target / h) for h in keep_metadata}
-    keep_meta.update(str(target / n) for n in (REPOMD, SIGNATURE))
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def live_packages(record: Path, live_repomd: bytes | None) -> list[str] | None:
+    """Package hrefs of the generation live now ([] when nothing is live, None when unknown).
+
+    The record holds the last two generations written, so whichever of them is live (a crash
+    may have come before or after the switch) is found by its repomd.xml's sha256.
+    """
+    if live_repomd is None:
+        return []
+    try:
+        data = json.loads(record.read_text())
+        generations = data["generations"] if isinstance(data, dict) else []
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    digest = _sha256(live_repomd)
+    for gen in generations if isinstance(generations, list) else []:
+        if isinstance(gen, dict) and gen.get("repomd_sha256") == digest:
+            hrefs = gen.get("packages")
+            return [str(h) for h in hrefs] if isinstance(hrefs, list) else None
+    return None
+
+
+def _record_generations(
+    record: Path, new: Generation, live_repomd: bytes | None, live: Sequence[str] | None
+) -> None:
+    generations = [{"repomd_sha256": _sha256(new.repomd), "packages": _hrefs(new.packages)}]
+    if live_repomd is not None and live is not None:
+        generations.append({"repomd_sha256": _sha256(live_repomd), "packages": sorted(live)})
+    fsutil.atomic_write_text(record, json.dumps({"generations": generations}))
+
+
+def _hrefs(packages: Iterable[PackageRef]) -> list[str]:
+    return sorted({p.href for p in packages})
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def publish(target: Path, new: Generation, record: Path) -> int:
+    """Steps 1-5 (see the module docstring); returns how many files were pruned."""
+    live_repomd = _read(target / REPOMD)
+    previous_meta = live_metadata(target)
+    previous = live_packages(record, live_repomd)
+    move_packages(new.to_move, new.packages_root, target)
+    _record_generations(record, new, live_repomd, previous)
+    switch_metadata(target, new.metadata_root, new.metadata, new.repomd, new.signature)
+    keep: set[str] | None = None
+    if previous is not None:
+        keep = {Path(h).as_posix() for h in (*_hrefs(new.packages), *previous)}
+    return prune(target, keep, [*new.metadata, *previous_meta])
+
+
+def prune(target: Path, keep_packages: set[str] | None, keep_metadata: Iterable[str]) -> int:
+    """Step 5: remove packages (hrefs; None keeps every one) and metadata files not kept, and
+    temp files a killed writer left. Deletions are not fsynced: one undone by a power loss
+    only leaves a file the next publish removes again."""
+    keep_meta = {target / h for h in keep_metadata} | {target / REPOMD, target / SIGNATURE}
+    repodata = target / "repodata"
     removed = 0
     for path in target.rglob("*"):
         if not path.is_file() or path.is_symlink():
             continue
-        spath = str(path)
-        is_meta = path.parent == target / "repodata"
-        if (is_meta and spath not in keep_meta) or (
-            path.suffix == ".rpm" and not is_meta and spath not in keep
-        ):
+        if fsutil.is_stale_temp(path):
+            drop = True
+        elif path.parent == repodata:
+            drop = path not in keep_meta
+        else:
+            rel = path.relative_to(target).as_posix()
+            drop = path.suffix == ".rpm" and keep_packages is not None and rel not in keep_packages
+        if drop:
             path.unlink()
             removed += 1
     for directory in sorted((d for d in target.rglob("*") if d.is_dir()), reverse=True):
-        if not any(directory.iterdir()):
+        if not directory.is_symlink() and not any(directory.iterdir()):
             directory.rmdir()
     return removed

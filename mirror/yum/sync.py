@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror import gpg, state
+from mirror import fsutil, gpg, state
 from mirror.config import Config
 from mirror.errors import LocalDiskError, MirrorError, RepoSyncError
 from mirror.http import Fetcher, FetchError, LocalWriteError, RequestOptions
@@ -200,20 +200,32 @@ def _publish(
     published: Path,
     staging: Path,
 ) -> None:
+    # `published` is resolved; the symlink check needs the path as configured.
+    publish.refuse_symlinks(
+        target.key,
+        cfg.data_dir,
+        [cfg.repos_root.joinpath(*target.subpath), staging, cfg.keys_root],
+    )
     if keys:
-        publish.atomic_write(key_path(cfg, target.repo_id), keys)
-    previous_metadata = publish.live_metadata(published)
-    publish.move_packages(plan.to_download, staging / "packages", published)
+        fsutil.atomic_write(key_path(cfg, target.repo_id), keys)
     if plan.filtered:
-        generated = staging / "generated"
-        repomd, hrefs = publish.generate_filtered_metadata(
-            target.key, meta, plan.selected, generated
-        )
-        publish.switch_metadata(published, generated, hrefs, repomd, None)
+        source = staging / "generated"
+        repomd, hrefs = publish.generate_filtered_metadata(target.key, meta, plan.selected, source)
+        signature = None
     else:
+        source, repomd, signature = meta.staging, meta.repomd, meta.repomd_asc
         hrefs = [r.href for r in meta.records]
-        publish.switch_metadata(published, meta.staging, hrefs, meta.repomd, meta.repomd_asc)
-    removed = publish.prune(published, plan.selected, [*hrefs, *previous_metadata])
+    generation = publish.Generation(
+        repomd,
+        signature,
+        source,
+        tuple(hrefs),
+        plan.selected,
+        plan.to_download,
+        staging / "packages",
+    )
+    record = state.keyed_file(cfg.state_root / "published", target.key)
+    removed = publish.publish(published, generation, record)
     if removed:
         log.info("%s: removed %d files no longer in the repo", target.key, removed)
 
