@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -16,12 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import click
 from filelock import FileLock, Timeout
 
-from mirror import state
+from mirror import __version__, fsutil, state
 from mirror.config import Config, config_path_from_env, load_config
 from mirror.errors import (
     EXIT_ENVIRONMENT,
     EXIT_OK,
     EXIT_SYNC_FAILED,
+    ConfigError,
     LockedError,
     MirrorError,
 )
@@ -180,16 +183,39 @@ def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[t
 
 def _render_node_files(cfg: Config) -> list[tuple[str, int]]:
     """The static files nodes fetch (.repo files, hosts.toml, images.txt, ...) follow what was
-    just synced; served by nginx from data_dir/www (mirror.web.static)."""
+    just synced; served by nginx from data_dir/www (mirror.web.static). Skipped when none of
+    their inputs changed since the last rendering (a no-op sync stays one request per repo)."""
     from mirror.web.static import render_static
 
+    stamp = cfg.data_dir / "state" / "rendered.sha256"
+    inputs = _node_file_inputs(cfg)
     try:
+        if stamp.is_file() and stamp.read_text() == inputs and (cfg.data_dir / "www").is_dir():
+            return []
         render_static(cfg)
+        fsutil.atomic_write_text(stamp, inputs)
+    except ConfigError as exc:  # e.g. `--only images` with no repos_dir: nothing to render
+        log.warning("node files not rendered: %s", exc)
     except OSError as exc:
         message = f"node files under {cfg.data_dir / 'www'}: {exc.strerror or exc}"
         log.error("%s", message)
         return [(message, EXIT_SYNC_FAILED)]
     return []
+
+
+def _node_file_inputs(cfg: Config) -> str:
+    """A digest of everything the rendered node files are made from: the config, the .repo
+    definitions and the image state (mirrored names and digests)."""
+    digest = hashlib.sha256(__version__.encode())
+    paths = [p for p in (cfg.config_path, cfg.images_file) if p is not None]
+    if cfg.repos_dir.is_dir():
+        paths += sorted(cfg.repos_dir.glob("*.repo"))
+    for path in paths:
+        with contextlib.suppress(OSError):
+            digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    for record in state.load_all(cfg.state_root, "images"):
+        digest.update(f"{record.key} {record.mirrored} {record.digest}\n".encode())
+    return digest.hexdigest()
 
 
 def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[tuple[str, int]]:
