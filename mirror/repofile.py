@@ -131,7 +131,7 @@ def _read_text(path: Path) -> str:
     if len(data) > MAX_REPO_FILE:
         raise ConfigError(str(path), f"larger than {MAX_REPO_FILE} bytes; not a .repo file")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte order mark (Windows editors) is no section
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{path}: line {line}", "not UTF-8 text (binary file?)") from None

@@ -17,6 +17,7 @@ import pytest
 
 from mirror.errors import RepoSyncError
 from mirror.images import skopeo
+from mirror.repofile import parse_repo_file
 from mirror.yum.metadata import PackageRef
 from mirror.yum.plan import Plan, check_space
 from tests.conftest import REPO_ROOT, Mirror
@@ -232,3 +233,11 @@ def test_huge_repo_file_is_refused_without_reading_it_all(tmp_path: Path) -> Non
             fh.write("# " + "x" * 8000 + "\n")
     proc = run_mirror(tmp_path, "-c", str(cfg), "sync")
     assert_one_line_error(proc, "base.repo", "larger than 1048576 bytes")
+
+
+def test_windows_edited_repo_file_still_parses(tmp_path: Path) -> None:
+    """The limits refuse junk, not a file saved by a Windows editor (BOM, CRLF, tabs)."""
+    path = tmp_path / "base.repo"
+    path.write_bytes(b"\xef\xbb\xbf[base]\r\nname=\tBase\r\nbaseurl=http://x/$basearch/\r\n")
+    (definition,) = parse_repo_file(path)
+    assert definition.id == "base" and definition.baseurls == ("http://x/$basearch/",)
