@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Mirror, free_port, stop_process
-from tests.test_web_static import FRONTENDS, start_serve, synced  # noqa: F401  (fixture)
+from tests.conftest import Mirror, stop_process
+from tests.test_web_static import FRONTENDS, on_port, start_serve, synced  # noqa: F401
 
 pytestmark = pytest.mark.reliability
 
@@ -32,9 +32,7 @@ PASSWD = b"root:x:0:0:"
 
 @pytest.fixture(scope="module", params=FRONTENDS)
 def target(request: pytest.FixtureRequest, synced: Mirror) -> Iterator[tuple[str, Mirror]]:  # noqa: F811
-    m = Mirror(synced.dir, synced.upstream, free_port())
-    m.extra_config = synced.extra_config
-    m.write()
+    m = on_port(synced)
     start_serve(m, request.param)
     _plant(m)
     yield request.param, m

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -79,11 +80,15 @@ def synced(
             stop_process(p)
 
 
+def on_port(synced: Mirror, port: int | None = None) -> Mirror:
+    """The synced mirror, to be served on another port. Its config (base_url included) stays
+    as synced wrote it, so every server renders the same files into the shared data dir."""
+    return Mirror(synced.dir, synced.upstream, port or free_port())
+
+
 @pytest.fixture(scope="module", params=FRONTENDS)
 def served(request: pytest.FixtureRequest, synced: Mirror) -> Iterator[tuple[str, Mirror]]:
-    m = Mirror(synced.dir, synced.upstream, free_port())
-    m.extra_config = synced.extra_config
-    m.write()  # same data dir, another port (base_url) per front end
+    m = on_port(synced)
     start_serve(m, request.param)
     yield request.param, m
     for p in m.procs:
@@ -114,6 +119,13 @@ def test_render_static_matches_the_app_and_only_rewrites_changes(synced: Mirror)
     after = {url: (www / url.lstrip("/")).stat().st_mtime_ns for url in RENDERED}
     assert after == before  # unchanged content: not rewritten, ETags stay
     assert not stale.exists() and not leftover.exists()
+    # A same-size change within the same second still gets a new (mtime-size) validator.
+    images = www / "images.txt"
+    good = images.read_bytes()
+    images.write_bytes(b"x" * len(good))
+    touched = int(images.stat().st_mtime)
+    render_static(cfg)
+    assert images.read_bytes() == good and int(images.stat().st_mtime) > touched
 
 
 def test_render_static_leaves_out_what_needs_a_version(tmp_path: Path, synced: Mirror) -> None:
@@ -256,6 +268,24 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_server_that_cannot_start_is_one_error(
+    synced: Mirror, frontend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if frontend == "nginx" and find_nginx() is None:
+        pytest.skip("nginx not installed")
+    monkeypatch.setenv("MIRROR_FRONTEND", frontend)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        m = on_port(synced, busy.getsockname()[1])
+        # capture_output: a child left running would hold the pipes and time this out.
+        proc = m.run("serve", "--bind", f"127.0.0.1:{m.port}", "--workers", "1", timeout=60)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert f"mirror: error: {frontend} exited with status" in proc.stderr
+    assert "Address already in use" in proc.stdout + proc.stderr
+
+
 def _runtime_dirs_of(pid: int) -> list[Path]:
     found = []
     for d in Path(tempfile.gettempdir()).glob("mirror-serve-*"):
@@ -270,9 +300,7 @@ def _runtime_dirs_of(pid: int) -> list[Path]:
 @pytest.mark.parametrize("frontend", FRONTENDS)
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_one_signal_stops_everything(synced: Mirror, frontend: str, how: str) -> None:
-    m = Mirror(synced.dir, synced.upstream, free_port())
-    m.extra_config = synced.extra_config
-    m.write()
+    m = on_port(synced)
     start_serve(m, frontend)
     proc = m.procs[-1]
     children = [p for p in _session_pids(proc.pid) if p != proc.pid]

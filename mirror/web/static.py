@@ -66,11 +66,23 @@ def _render_one(url_path: str, render: Callable[[], str]) -> str | None:
 
 def _write_if_changed(target: Path, data: bytes) -> None:
     try:
+        old: os.stat_result | None = target.stat()
         if target.read_bytes() == data:
             return
     except OSError:
-        pass  # missing (or unreadable): write it
+        old = None  # missing (or unreadable): write it
     atomic_write(target, data, 0o644)
+    if old is not None:
+        _new_validator(target, old)
+
+
+def _new_validator(target: Path, old: os.stat_result) -> None:
+    """nginx's ETag and Last-Modified are mtime in whole seconds plus size: a same-size change
+    within the same second would look unchanged to a revalidating client (a 304 for stale
+    content, e.g. images.txt whose digests changed). Move the mtime on by a second then."""
+    new = target.stat()
+    if new.st_size == old.st_size and int(new.st_mtime) <= int(old.st_mtime):
+        os.utime(target, (new.st_atime, int(old.st_mtime) + 1))
 
 
 def _remove_stale(root: Path, wanted: set[Path]) -> None:
