@@ -112,7 +112,7 @@ def test_render_static_matches_the_app_and_only_rewrites_changes(synced: Mirror)
     before = {url: (www / url.lstrip("/")).stat().st_mtime_ns for url in RENDERED}
     stale = www / "repofiles" / "gone.repo"
     stale.write_text("[gone]\n")
-    leftover = www / "crio" / ".crio.conf.tmp-1"
+    leftover = www / "crio" / ".crio.conf.tmp-99999999"  # its writer is gone
     leftover.write_text("half")
     time.sleep(0.01)
     render_static(cfg)

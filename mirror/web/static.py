@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mirror.config import Config
 from mirror.errors import ConfigError
-from mirror.fsutil import atomic_write
+from mirror.fsutil import atomic_write, is_stale_temp, is_temp_name
 from mirror.repofile import RepoDefinition, load_definitions
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ def _remove_stale(root: Path, wanted: set[Path]) -> None:
         here = Path(dirpath)
         for name in filenames:
             path = here / name
-            if path not in wanted:
+            # A temp file of a live writer is another render in flight (sync ending while
+            # serve starts): leave it to that writer's rename.
+            if path not in wanted and (not is_temp_name(name) or is_stale_temp(path)):
                 path.unlink(missing_ok=True)
         if here != root and not any(here.iterdir()):
             here.rmdir()
