@@ -43,7 +43,7 @@ from mirror import gpg
 from mirror.config import load_config
 from mirror.web import create_app
 from tests.conftest import Mirror
-from tests.fixtures.churn import FILTER_CONFIG, Churn, leftovers, make_churn
+from tests.fixtures.churn import Churn, churn_for, leftovers
 from tests.fixtures.snapshot import Fetch, Inconsistent
 from tests.fixtures.syscalls import KILLABLE, kill_on, strace_usable, trace_syscalls
 
@@ -87,12 +87,8 @@ def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.fixture
-def churn_mirror(mirror: Mirror, tmp_path: Path, private_tmpdir: Path) -> tuple[Mirror, Churn]:
-    mirror.basearch = ("x86_64",)
-    mirror.extra_config = FILTER_CONFIG
-    mirror.write()
-    up = mirror.upstream
-    churn = make_churn(up.k8s_repo, up.docker_repo(), up.key, tmp_path / "churn")
+def churn_mirror(mirror: Mirror, private_tmpdir: Path) -> tuple[Mirror, Churn]:
+    churn = churn_for(mirror)
     _assert_ok(mirror.sync("--only", "repos"), "first sync")
     return mirror, churn
 
