@@ -200,24 +200,38 @@ def run(cfg: Config, bind: str, workers: int, frontend: str = "auto") -> None:
         # multiprocess mode; the directory must be empty when the server starts.
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         try:
-            if nginx is None:
-                log.info("nginx not used: gunicorn alone on %s", bind)
-                children.append(
-                    _spawn(
-                        "gunicorn", _gunicorn_argv(cfg, bind, workers, runtime), env, signal.SIGTERM
-                    )
-                )
-            else:
-                sock = runtime / "gunicorn.sock"
-                argv = _gunicorn_argv(cfg, f"unix:{sock}", workers, runtime)
-                children.append(_spawn("gunicorn", argv, env, signal.SIGTERM))
-                _wait_for_socket(sock, children[0], stopping)
-                argv = _nginx_argv(nginx, cfg, bind, runtime, f"unix:{sock}")
-                # SIGQUIT: graceful, requests in flight finish (bounded by the config).
-                children.append(_spawn("nginx", argv, env, signal.SIGQUIT))
+            _start(children, cfg, bind, workers, nginx, runtime, env, stopping)
             _supervise(children, stopping)
         finally:
             _stop(children)
+
+
+def _start(
+    children: list[_Child],
+    cfg: Config,
+    bind: str,
+    workers: int,
+    nginx: str | None,
+    runtime: Path,
+    env: dict[str, str],
+    stopping: threading.Event,
+) -> None:
+    """gunicorn (on `bind`, or on a private socket behind nginx), then nginx on `bind`.
+    Each child is appended as soon as it runs, so the caller stops whatever did start."""
+    if nginx is None:
+        log.info("nginx not used: gunicorn alone on %s", bind)
+        argv = _gunicorn_argv(cfg, bind, workers, runtime)
+        children.append(_spawn("gunicorn", argv, env, signal.SIGTERM))
+        return
+    sock = runtime / "gunicorn.sock"
+    argv = _gunicorn_argv(cfg, f"unix:{sock}", workers, runtime)
+    children.append(_spawn("gunicorn", argv, env, signal.SIGTERM))
+    _wait_for_socket(sock, children[0], stopping)
+    if stopping.is_set():
+        return
+    argv = _nginx_argv(nginx, cfg, bind, runtime, f"unix:{sock}")
+    # SIGQUIT: graceful, requests in flight finish (bounded by worker_shutdown_timeout).
+    children.append(_spawn("nginx", argv, env, signal.SIGQUIT))
 
 
 def _supervise(children: list[_Child], stopping: threading.Event) -> None:
