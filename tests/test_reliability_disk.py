@@ -5,11 +5,15 @@ tests skip with the reason otherwise) and upstream grows past what fits. A full 
 disk is not transient: the sync must stop at once (the subprocess timeout is only a bound),
 name the reason and the repo, exit 1, fetch no package twice, keep the previous snapshot
 serving, leave readable state and an empty staging area, and complete once space is back.
+The disk fills two ways: a plan larger than the free space (refused before any download), and
+a tmpfs shrunk under a running sync whose downloads a throttling FaultProxy keeps slow, so
+the packages hit a real ENOSPC mid-stream.
 
-Not injected: EDQUOT needs a quota-enabled file system (tmpfs quotas need Linux 6.6+ and
-quota tools, neither available here) and EIO needs a failing block device (dm-flakey or
-dm-error, i.e. device-mapper and a loop device). Both take the same code path as ENOSPC and
-EROFS in the product (an OSError errno that is never retried), which these tests cover.
+Not injected: EDQUOT and EIO. This kernel refuses tmpfs `usrquota`; ext4 on a loop device
+would need the quota tools (not installed) and a non-root sync, since root's CAP_SYS_RESOURCE
+ignores quota limits. EIO needs a failing block device (dm-error/dm-flakey), and this kernel
+has no device-mapper. In the product both are OSError errnos on the same never-retried path as
+ENOSPC and EROFS (mirror.retry.LOCAL_ERRNOS), which these tests exercise.
 """
 
 from __future__ import annotations

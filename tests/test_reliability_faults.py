@@ -200,6 +200,10 @@ def test_transient_fault_on_first_request_is_retried(proxied: SessionMirror, kin
     assert_mirrors(proxied.data / "repos" / "kubernetes", proxied.upstream.k8s_repo)
     key = (proxied.data / "keys" / "kubernetes.gpg").read_bytes()
     assert key.strip() == proxied.upstream.key.public_key.read_bytes().strip()
+    if kind == "429-retry-after":  # "Retry-After: 1" was honoured, not the 0.5 s backoff
+        for path in faulted:
+            tries = [e for e in proxy.entries() if e.path == path and e.method == "GET"]
+            assert tries[1].at - tries[0].at >= 0.95, (path, tries[1].at - tries[0].at)
     if kind == "drop-half":  # packages resume where they broke off
         for path in {p for p in faulted if p.endswith(".rpm")}:
             retry = [e for e in proxy.entries() if e.path == path and e.fault is None][0]
