@@ -30,6 +30,7 @@ from mirror.errors import (
 )
 from mirror.progress import human_bytes
 from mirror.repofile import RepoTarget, expand_targets, load_definitions, select_targets
+from mirror.retry import local_reason
 
 if TYPE_CHECKING:
     from mirror.images.refs import ImageJob
@@ -80,10 +81,16 @@ def _handle_errors(func: F) -> F:
 @contextmanager
 def sync_lock(cfg: Config) -> Iterator[None]:
     """One sync at a time per data directory; a second one fails at once, touching nothing."""
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(cfg.data_dir / ".sync.lock"))
     try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
+    except OSError as exc:  # a full or read-only data_dir is a sync failure (exit 1)
+        reason = local_reason(exc)
+        if reason is None:
+            raise
+        where = exc.filename or cfg.data_dir
+        raise MirrorError(f"{reason} under data_dir ({where}); nothing was synced") from None
     except Timeout:
         raise LockedError(
             f"another mirror sync is running (lock held on {cfg.data_dir / '.sync.lock'}); "

@@ -178,6 +178,29 @@ def _ca_bundle() -> str | None:
     return next((p for p in _SYSTEM_CA_BUNDLES if os.path.exists(p)), None)
 
 
+class StallGuard:
+    """XFERINFOFUNCTION: abort (E_ABORTED_BY_CALLBACK) when no byte moved for `timeout` s."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.last = time.monotonic()
+        self.seen = (0, 0)
+        self.stalled = False
+
+    def __call__(self, dltotal: int, dlnow: int, ultotal: int, ulnow: int) -> int:
+        now = time.monotonic()
+        if (dlnow, ulnow) != self.seen:
+            self.seen, self.last = (dlnow, ulnow), now
+        elif now - self.last > self.timeout:
+            self.stalled = True
+            return 1
+        return 0
+
+
+def stall_reason(timeout: float) -> str:
+    return f"stalled: no data for {timeout:g} s"
+
+
 class HeaderCollector:
     """HEADERFUNCTION: the status and headers of the last response (redirects reset it)."""
 
@@ -200,7 +223,7 @@ def configure(
     handle: pycurl.Curl,
     url: str,
     opts: RequestOptions,
-    timeout: float,
+    guard: StallGuard,
     headers: Sequence[str] = (),
 ) -> None:
     """The options every request gets, documents and bulk alike."""
@@ -212,11 +235,12 @@ def configure(
     # Only http(s), also after a redirect: an upstream must not point us at file:// or worse.
     handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
     handle.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-    handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(timeout * 1000))
+    handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(guard.timeout * 1000))
     # A stall (no byte for `timeout` seconds, before or inside the body) aborts the transfer;
-    # a slow but moving large download does not.
-    handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-    handle.setopt(pycurl.LOW_SPEED_TIME, max(1, int(timeout)))
+    # a slow but moving large download does not. libcurl's LOW_SPEED_* averages over a window,
+    # so a burst hides a stall for a long while: StallGuard watches the last byte instead.
+    handle.setopt(pycurl.NOPROGRESS, 0)
+    handle.setopt(pycurl.XFERINFOFUNCTION, guard)
     handle.setopt(pycurl.USERAGENT, USER_AGENT)
     handle.setopt(pycurl.TCP_NODELAY, 1)
     # Checksums and Range offsets are about the bytes on the server's disk: libcurl sends no
@@ -314,7 +338,8 @@ class Fetcher:
         self, method: str, url: str, opts: RequestOptions, headers: Mapping[str, str], limit: int
     ) -> Reply:
         handle = self._handle()
-        configure(handle, url, opts, self.timeout, [f"{k}: {v}" for k, v in headers.items()])
+        guard = StallGuard(self.timeout)
+        configure(handle, url, opts, guard, [f"{k}: {v}" for k, v in headers.items()])
         if method == "HEAD":
             handle.setopt(pycurl.NOBODY, 1)
         elif method != "GET":
@@ -335,6 +360,8 @@ class Fetcher:
             code, message = exc.args[0], exc.args[1] if len(exc.args) > 1 else ""
             if body.tell() >= limit or code == pycurl.E_WRITE_ERROR:
                 raise FetchError(url, f"larger than {limit} bytes") from None
+            if guard.stalled:
+                raise _Transient(stall_reason(self.timeout)) from None
             if code in TRANSIENT_CURL:
                 raise _Transient(describe_curl_error(code, message)) from None
             raise FetchError(url, describe_curl_error(code, message)) from None

@@ -35,9 +35,11 @@ from mirror.http import (
     HeaderCollector,
     LocalWriteError,
     ProgressCallback,
+    StallGuard,
     configure,
     describe_curl_error,
     new_hash,
+    stall_reason,
 )
 from mirror.retry import TRANSIENT_STATUS
 
@@ -48,8 +50,9 @@ _HASH_CHUNK = 1024 * 1024
 class _Transfer:
     """One job across its attempts."""
 
-    def __init__(self, job: DownloadJob, progress: ProgressCallback | None) -> None:
+    def __init__(self, job: DownloadJob, progress: ProgressCallback | None, timeout: float) -> None:
         self.job = job
+        self.timeout = timeout
         self.part = job.dest.with_name(job.dest.name + ".part")
         self.progress = progress
         self.attempt = 0
@@ -62,6 +65,7 @@ class _Transfer:
         self.fh: IO[bytes] | None = None
         self.digest: Any = None
         self.collector = HeaderCollector()
+        self.guard = StallGuard(self.timeout)
         self.local_error: OSError | None = None
         self.overlong = False
         self.opened = False  # the .part was opened for this attempt's body
@@ -162,7 +166,8 @@ class MultiDownloader:
     def run(self, jobs: Sequence[DownloadJob]) -> list[tuple[DownloadJob, FetchError]]:
         if not jobs:
             return []
-        self.queue.extend(_Transfer(job, self.progress) for job in jobs)
+        timeout = self.fetcher.timeout
+        self.queue.extend(_Transfer(job, self.progress, timeout) for job in jobs)
         multi = pycurl.CurlMulti()
         handles = [pycurl.Curl() for _ in range(min(self.fetcher.parallel, len(jobs)))]
         free = list(handles)
@@ -201,7 +206,7 @@ class MultiDownloader:
         offset = transfer.begin()
         job = transfer.job
         ranged = [f"Range: bytes={offset}-"] if offset else []
-        configure(handle, job.url, job.opts, self.fetcher.timeout, ranged)
+        configure(handle, job.url, job.opts, transfer.guard, ranged)
         handle.setopt(pycurl.HEADERFUNCTION, transfer.collector)
         handle.setopt(pycurl.WRITEFUNCTION, transfer.on_data)
 
@@ -216,7 +221,9 @@ class MultiDownloader:
             self._retry(transfer, f"longer than the expected {job.expected.size} bytes")
         elif code != 0:
             reason = describe_curl_error(code, message)
-            if code in TRANSIENT_CURL:
+            if transfer.guard.stalled:
+                self._retry(transfer, stall_reason(transfer.timeout))
+            elif code in TRANSIENT_CURL:
                 self._retry(transfer, reason)
             else:
                 self._fail(transfer, FetchError(job.url, reason))

@@ -297,12 +297,6 @@ def test_permanent_fault_fails_only_that_repo(
 IMAGE = "docker.io/library/nginx:1.25"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs image compare/copy through the transfer engine (direct registry API "
-    "requests, mirror/images/regapi.py), which another engineer has not committed yet; drop "
-    "this xfail once it is in",
-)
 def test_image_sync_survives_manifest_503_and_reset(tmp_path: Path) -> None:
     reg = start_registry(tmp_path / "upstream")
     try:

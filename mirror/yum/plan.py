@@ -135,6 +135,7 @@ def check_space(
         where = data_dir if data_dir is not None else staging_dir
         raise RepoSyncError(
             repo,
-            f"needs {human_bytes(needed)} for {len(plan.to_download)} packages, "
-            f"only {human_bytes(usage.free)} free under {where}",
+            f"no space left on device under data_dir ({where}): needs "
+            f"{human_bytes(needed)} for {len(plan.to_download)} packages, "
+            f"only {human_bytes(usage.free)} free",
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from mirror.yum.metadata import (
     parse_packages,
     parse_repomd,
 )
-from mirror.yum.plan import DuplicateHref, Plan, make_plan
+from mirror.yum.plan import DuplicateHref, Plan, check_space, make_plan
 from mirror.yum.signatures import verify_packages
 
 log = logging.getLogger("mirror.yum")
@@ -92,11 +93,15 @@ def publish_dir(cfg: Config, target: RepoTarget) -> Path:
     return path
 
 
+def staging_dir(cfg: Config, target: RepoTarget) -> Path:
+    return cfg.data_dir / ".staging" / "repos" / target.key
+
+
 def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool) -> RepoResult:
     d = target.definition
     opts = _options(target)
     published = publish_dir(cfg, target)
-    staging = cfg.data_dir / ".staging" / "repos" / target.key
+    staging = staging_dir(cfg, target)
     previous = state.load(cfg.state_root, "repos", target.key)
     keyfile = key_path(cfg, d.id)
 
@@ -160,15 +165,18 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
         human_bytes(plan.download_bytes),
     )
     if dry_run:
-        for pkg in plan.to_download:
-            log.info("%s: would download %s", target.key, pkg.href)
+        # One write, not one log record per package: a 60,000-package plan is the output.
+        lines = (f"{target.key}: would download {p.href}\n" for p in plan.to_download)
+        sys.stderr.write("".join(lines))
         shutil.rmtree(meta_dir, ignore_errors=True)
         return RepoResult(
             target.key, True, len(plan.selected), len(plan.to_download), plan.download_bytes
         )
 
-    # Stage 5: download into staging.
+    # Stage 5: download into staging, after making sure it can fit (a primary claiming
+    # terabytes must not fill data_dir before a checksum could catch it).
     pkg_staging = staging / "packages"
+    check_space(target.key, plan, pkg_staging, data_dir=cfg.data_dir)
     download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
 
     if d.gpgcheck:  # every new package signed by one of the repo's keys, before publishing
@@ -268,6 +276,9 @@ def sync_repos(
             log.error("%s", error)
             result = RepoResult(target.key, False, error=str(error), exit_code=error.exit_code)
             record.last_error = str(error)
+            # Metadata in staging is fetched anew by every run; packages stay for a resume.
+            for leftover in ("meta", "generated"):
+                shutil.rmtree(staging_dir(cfg, target) / leftover, ignore_errors=True)
             if isinstance(error, LocalDiskError):
                 disk_error = error
                 # Staging only holds what a later run could resume; on a full disk it is
