@@ -18,13 +18,11 @@ import signal
 import subprocess
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-import requests
 import yaml
 
 from mirror import fsutil
@@ -53,16 +51,18 @@ def _base_urls(url: str, tls: bool) -> list[str]:
 
 def registry_answers(url: str, tls: bool, timeout: float = 2.0) -> bool:
     """True when a registry answers GET /v2/ on `url` ("host:port") with 200 or 401."""
-    for base in _base_urls(url, tls):
-        try:
-            with warnings.catch_warnings():
-                # Only "is something there"; skopeo verifies certificates when it matters.
-                warnings.simplefilter("ignore")
-                status = requests.get(f"{base}/v2/", timeout=timeout, verify=False).status_code
-        except requests.RequestException:
-            continue
-        if status in (200, 401):
-            return True
+    from mirror.http import Fetcher, FetchError, RequestOptions
+
+    # Only "is something there": no retries, and no certificate check (skopeo and the
+    # registry API client verify certificates when it matters).
+    with Fetcher(timeout=timeout, retries=0) as fetcher:
+        for base in _base_urls(url, tls):
+            try:
+                status = fetcher.request("GET", f"{base}/v2/", RequestOptions(verify_tls=False))
+            except FetchError:
+                continue
+            if status.status in (200, 401):
+                return True
     return False
 
 
