@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -26,10 +27,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from mirror import fsutil
 from mirror.config import load_config
 from mirror.errors import RepoSyncError
 from mirror.web import create_app
 from mirror.yum import publish
+from mirror.yum.metadata import PackageRef
 from tests.conftest import Mirror
 from tests.fixtures.churn import DOCKER_PREFIX, K8S_PREFIX, Churn, churn_for
 from tests.fixtures.snapshot import Fetch, FileRef, Inconsistent, check_repo
@@ -297,3 +300,52 @@ def test_refuse_symlinks_names_the_link_wherever_it_points(tmp_path: Path) -> No
     (data / "repos" / "kubernetes").symlink_to(tmp_path)  # an ancestor of the tree
     with pytest.raises(RepoSyncError, match="repos/kubernetes is a symlink"):
         publish.refuse_symlinks("kubernetes", data, [tree])
+
+
+def _generation(root: Path, target: Path, repomd: bytes, hrefs: list[str]) -> publish.Generation:
+    """A generation of stand-in packages (publish moves and prunes files; it never opens an
+    rpm), staged like the download stage leaves them: only what the target lacks."""
+    staging = root / "staging" / hashlib.sha256(repomd).hexdigest()[:8]
+    (staging / "meta" / "repodata").mkdir(parents=True, exist_ok=True)
+    refs = []
+    for href in hrefs:
+        data = href.encode()
+        ref = PackageRef(href, "0", "1", "1", "x86_64", href, "sha256", _sha(data), len(data))
+        refs.append(ref)
+        if not (target / href).exists():
+            (staging / "packages" / href).parent.mkdir(parents=True, exist_ok=True)
+            (staging / "packages" / href).write_bytes(data)
+    to_move = tuple(r for r in refs if not (target / r.href).exists())
+    return publish.Generation(
+        repomd, None, staging / "meta", (), tuple(refs), to_move, staging / "packages"
+    )
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_repeated_publish_after_a_crash_does_not_count_as_a_generation(tmp_path: Path) -> None:
+    target, record = tmp_path / "repo", tmp_path / "state" / "published.json"
+
+    def publish_(repomd: bytes, *names: str) -> list[str]:
+        hrefs = [f"x86_64/{n}.rpm" for n in names]
+        publish.publish(target, _generation(tmp_path, target, repomd, hrefs), record)
+        return sorted(p.name for p in (target / "x86_64").iterdir())
+
+    publish_(b"r1", "a", "b")
+    assert publish_(b"r2", "b", "c") == ["a.rpm", "b.rpm", "c.rpm"]  # r1 is the previous one
+    # The same generation again (a sync repeated after a crash past the switch), and one with
+    # regenerated metadata but the same packages (a filtered repo): r1 stays the previous.
+    assert publish_(b"r2", "b", "c") == ["a.rpm", "b.rpm", "c.rpm"]
+    assert publish_(b"r2'", "b", "c") == ["a.rpm", "b.rpm", "c.rpm"]
+    stale = target / "x86_64" / f".a.rpm{fsutil.TMP_MARK}{_dead_pid()}"
+    stale.write_bytes(b"left by a killed writer")
+    # a: two generations old, gone; b: in the previous generation, kept; the temp collected.
+    assert publish_(b"r3", "c", "d") == ["b.rpm", "c.rpm", "d.rpm"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -2,16 +2,17 @@
 
 Order matters for nodes running dnf while we publish:
 1. new packages are moved in (new paths appear; nothing old disappears);
-2. the generation record is written (state/published/<target>.json): the package list of
-   the new generation and of the one live now, each tagged with its repomd.xml's sha256;
+2. the generation record is written (state/published/<target>.json): the package lists of
+   the new generation and of the previous one, each tagged with its repomd.xml's sha256;
 3. metadata files are moved in (upstream names them by checksum, so old ones stay valid);
 4. repomd.xml.asc, then repomd.xml are renamed into place, back to back: the switch;
 5. only then is anything removed, and only files named by neither the new generation nor
    the previous one (the one live until step 4): packages and metadata a client read from
    the previous repomd.xml a moment before the switch stay downloadable until the next
-   publish. The previous generation's package list comes from the record of step 2, matched
-   by the live repomd.xml's sha256; when none matches (a tree published by an older version
-   of this program) no package is removed this round.
+   publish. The previous generation's package list comes from the record, matched by the
+   live repomd.xml's sha256 (a publish repeating the live package set, as after a crash
+   past the switch, keeps the one before instead); when none matches (a tree published by
+   an older version of this program) no package is removed this round.
 A client therefore reads either the old or the new complete repo. The one unavoidable gap
 is between the two requests dnf makes for repomd.xml and repomd.xml.asc.
 
@@ -30,9 +31,10 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import createrepo_c as cr
 
@@ -179,34 +181,49 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def live_packages(record: Path, live_repomd: bytes | None) -> list[str] | None:
-    """Package hrefs of the generation live now ([] when nothing is live, None when unknown).
+class _Gen(NamedTuple):
+    repomd_sha256: str
+    packages: tuple[str, ...]
 
-    The record holds the last two generations written, so whichever of them is live (a crash
-    may have come before or after the switch) is found by its repomd.xml's sha256.
-    """
-    if live_repomd is None:
-        return []
+
+def _load_record(record: Path) -> list[_Gen] | None:
     try:
         data = json.loads(record.read_text())
-        generations = data["generations"] if isinstance(data, dict) else []
-    except (FileNotFoundError, ValueError, KeyError):
+        return [_Gen(str(g["repomd_sha256"]), tuple(map(str, g["packages"]))) for g in data]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
+
+
+def previous_generation(record: Path, live_repomd: bytes | None, new: Generation) -> _Gen | None:
+    """The generation whose packages stay one more round (None when unknown: no record
+    matches the live repomd.xml, e.g. a tree published by an older version).
+
+    Usually the live one. When the new generation publishes exactly the live one's packages
+    (a sync repeated after a crash that came after the switch), the live one is no news to
+    any client and the one before it is kept instead, so a repeated publish does not count.
+    The record holds the last two generations written, found by their repomd.xml's sha256.
+    """
+    if live_repomd is None:
+        return _Gen("", ())
+    generations = _load_record(record) or []
     digest = _sha256(live_repomd)
-    for gen in generations if isinstance(generations, list) else []:
-        if isinstance(gen, dict) and gen.get("repomd_sha256") == digest:
-            hrefs = gen.get("packages")
-            return [str(h) for h in hrefs] if isinstance(hrefs, list) else None
+    for index, gen in enumerate(generations):
+        if gen.repomd_sha256 != digest:
+            continue
+        if set(gen.packages) == set(_hrefs(new.packages)) and index + 1 < len(generations):
+            return generations[index + 1]
+        return gen
     return None
 
 
-def _record_generations(
-    record: Path, new: Generation, live_repomd: bytes | None, live: Sequence[str] | None
-) -> None:
-    generations = [{"repomd_sha256": _sha256(new.repomd), "packages": _hrefs(new.packages)}]
-    if live_repomd is not None and live is not None:
-        generations.append({"repomd_sha256": _sha256(live_repomd), "packages": sorted(live)})
-    fsutil.atomic_write_text(record, json.dumps({"generations": generations}))
+def _record_generations(record: Path, new: Generation, previous: _Gen | None) -> None:
+    """Written before the switch: whether a crash comes before or after it, the generation
+    live afterwards is in the record."""
+    generations = [_Gen(_sha256(new.repomd), tuple(_hrefs(new.packages)))]
+    if previous is not None and previous.repomd_sha256:
+        generations.append(previous)
+    body = [{"repomd_sha256": g.repomd_sha256, "packages": list(g.packages)} for g in generations]
+    fsutil.atomic_write_text(record, json.dumps(body))
 
 
 def _hrefs(packages: Iterable[PackageRef]) -> list[str]:
@@ -222,15 +239,14 @@ def _read(path: Path) -> bytes | None:
 
 def publish(target: Path, new: Generation, record: Path) -> int:
     """Steps 1-5 (see the module docstring); returns how many files were pruned."""
-    live_repomd = _read(target / REPOMD)
     previous_meta = live_metadata(target)
-    previous = live_packages(record, live_repomd)
+    previous = previous_generation(record, _read(target / REPOMD), new)
     move_packages(new.to_move, new.packages_root, target)
-    _record_generations(record, new, live_repomd, previous)
+    _record_generations(record, new, previous)
     switch_metadata(target, new.metadata_root, new.metadata, new.repomd, new.signature)
     keep: set[str] | None = None
     if previous is not None:
-        keep = {Path(h).as_posix() for h in (*_hrefs(new.packages), *previous)}
+        keep = {Path(h).as_posix() for h in (*_hrefs(new.packages), *previous.packages)}
     return prune(target, keep, [*new.metadata, *previous_meta])
 
 
