@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -303,6 +304,15 @@ def test_one_signal_stops_everything(synced: Mirror, frontend: str, how: str) ->
     m = on_port(synced)
     start_serve(m, frontend)
     proc = m.procs[-1]
+    try:
+        _stop_and_check(m, proc, frontend, how)
+    finally:
+        stop_process(proc)  # a failed check must not leave a server running
+        for pid in _session_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _stop_and_check(m: Mirror, proc: subprocess.Popen[str], frontend: str, how: str) -> None:
     children = [p for p in _session_pids(proc.pid) if p != proc.pid]
     assert len(children) >= (5 if frontend == "nginx" else 3), children  # masters + workers
     runtime = _runtime_dirs_of(proc.pid)
@@ -312,6 +322,15 @@ def test_one_signal_stops_everything(synced: Mirror, frontend: str, how: str) ->
     while _session_pids(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _session_pids(proc.pid) == [], "processes outlived mirror serve"
+    assert runtime
     if how == "SIGTERM":
         assert proc.returncode == 0, m.logs[proc.pid].read_text()[-2000:]
-        assert runtime and not any(d.exists() for d in runtime)  # runtime dir removed
+        assert not any(d.exists() for d in runtime)  # runtime dir removed
+    else:  # no chance to clean up: the next `mirror serve` removes what it left
+        assert all(d.exists() for d in runtime)
+        again = on_port(m)
+        start_serve(again, frontend)
+        try:
+            assert not any(d.exists() for d in runtime)
+        finally:
+            stop_process(again.procs[-1])
