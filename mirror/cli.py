@@ -85,17 +85,17 @@ def sync_lock(cfg: Config) -> Iterator[None]:
     try:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
+    except Timeout:  # a filelock Timeout is an OSError too: it must come first
+        raise LockedError(
+            f"another mirror sync is running (lock held on {cfg.data_dir / '.sync.lock'}); "
+            "try again later"
+        ) from None
     except OSError as exc:  # a full or read-only data_dir is a sync failure (exit 1)
         reason = local_reason(exc)
         if reason is None:
             raise
         where = exc.filename or cfg.data_dir
         raise MirrorError(f"{reason} under data_dir ({where}); nothing was synced") from None
-    except Timeout:
-        raise LockedError(
-            f"another mirror sync is running (lock held on {cfg.data_dir / '.sync.lock'}); "
-            "try again later"
-        ) from None
     try:
         yield
     finally:

@@ -136,6 +136,7 @@ class DownloadJob:
     expected: Expected
     opts: RequestOptions
     label: str = ""  # for messages and progress (a package's NEVRA)
+    limit: int | None = None  # refuse a body past this when expected.size is not known
 
 
 def new_hash(checksum_type: str) -> Any:

@@ -68,6 +68,7 @@ class _Transfer:
         self.guard = StallGuard(self.timeout)
         self.local_error: OSError | None = None
         self.overlong = False
+        self.too_large = False  # past job.limit: permanent, not retried
         self.opened = False  # the .part was opened for this attempt's body
         self.discarded = 0
 
@@ -91,9 +92,12 @@ class _Transfer:
         if self.fh is None and not self._open_for(self.collector.status):
             self.discarded += len(chunk)
             return None if self.discarded <= _ERROR_BODY_LIMIT and not self.local_error else 0
-        size = self.job.expected.size
-        if size is not None and self.offset + self.written + len(chunk) > size:
+        size, total = self.job.expected.size, self.offset + self.written + len(chunk)
+        if size is not None and total > size:
             self.overlong = True
+            return 0
+        if size is None and self.job.limit is not None and total > self.job.limit:
+            self.too_large = True
             return 0
         try:
             assert self.fh is not None
@@ -216,7 +220,10 @@ class MultiDownloader:
         if transfer.local_error is not None:
             raise LocalWriteError(job.url, transfer.part, transfer.local_error)
         status = int(handle.getinfo(pycurl.RESPONSE_CODE)) or transfer.collector.status
-        if transfer.overlong:
+        if transfer.too_large:
+            transfer.drop_part()
+            self._fail(transfer, FetchError(job.url, f"larger than {job.limit} bytes"))
+        elif transfer.overlong:
             transfer.drop_part()
             self._retry(transfer, f"longer than the expected {job.expected.size} bytes")
         elif code != 0:

@@ -23,6 +23,7 @@ import createrepo_c as cr
 
 from mirror.errors import RepoSyncError, UnsafePathError
 from mirror.http import (
+    DownloadJob,
     Expected,
     Fetcher,
     FetchError,
@@ -397,13 +398,23 @@ def fetch_metadata_files(
     fetcher: Fetcher,
     opts: RequestOptions,
 ) -> None:
-    """Stage 2: every file repomd.xml lists, checked against its size and checksum."""
-    for record in meta.records:
-        url = join_url(meta.baseurl, record.href)
-        try:
-            fetcher.download(url, meta.path(record), record.expected, opts)
-        except FetchError as exc:
-            raise RepoSyncError(repo, f"metadata {record.type}: {exc}", exc.url) from None
+    """Stage 2: every file repomd.xml lists, checked against its size and checksum, all at
+    once. A record without a size may not grow past MAX_OPEN_SIZE."""
+    jobs = [
+        DownloadJob(
+            join_url(meta.baseurl, record.href),
+            meta.path(record),
+            record.expected,
+            opts,
+            label=record.type,
+            limit=MAX_OPEN_SIZE,
+        )
+        for record in meta.records
+    ]
+    failures = fetcher.download_many(jobs)
+    if failures:
+        job, exc = failures[0]
+        raise RepoSyncError(repo, f"metadata {job.label}: {exc}", exc.url)
 
 
 class _PrimaryReader:
