@@ -75,7 +75,11 @@ class Config(_Frozen):
     http_retries: int = Field(default=5, ge=0, le=20)
     # Container images (issue: images into a local registry).
     images_file: Path | None = Path("./images.txt")
-    kubernetes_versions: tuple[str, ...] = ()
+    kubernetes_versions: tuple[str, ...] = ()  # "v1.36.5" or ranges "v1.34.3..v1.36.5"
+    # Where kubeadm's image list comes from: "auto" = the built-in table, else (a version it
+    # does not know) the mirrored kubeadm binary; "binary" = the mirrored kubeadm binary
+    # whenever its rpm is mirrored, the table as fallback (mirror.kubernetes.images).
+    kubeadm_images: Literal["auto", "binary"] = "auto"
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     platforms: tuple[str, ...] | Literal["all"] = ("linux/amd64",)
@@ -99,17 +103,16 @@ class Config(_Frozen):
 
     @field_validator("kubernetes_versions")
     @classmethod
-    def _known_versions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from mirror import kubeadm_images  # the table is large; only import when used
+    def _check_versions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Only the syntax is checked here: `vX.Y.Z` or a range `vA.B.C..vX.Y.Z`. Whether kubeadm
+        # images are known for a version depends on what is mirrored (its kubeadm rpm), so an
+        # unknown one fails that version's images at sync time, not the whole config.
+        from mirror.kubernetes import versions
 
-        out = []
-        for text in value:
-            try:
-                kubeadm_images.image_set(text)
-            except UnknownKubernetesVersion as exc:
-                raise ValueError(str(exc)) from None
-            out.append(kubeadm_images.normalize_version(text))
-        return tuple(out)
+        try:
+            return tuple(versions.normalize_entry(text) for text in value)
+        except UnknownKubernetesVersion as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("releasever", "basearch")
     @classmethod

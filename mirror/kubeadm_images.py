@@ -216,10 +216,11 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
         ),
     ),
     # 1.34: CoreDNS v1.12.1, pause 3.10.1 (output v1.34.0, v1.34.1, v1.34.2, v1.34.4; kubeadm
-    # v1.34.3 upgrade plan; a kind v1.34.11 cluster runs CoreDNS v1.12.1). Last patch 1.34.11 (k3s
-    # builds reference v1.34.11 on 2026-08-17, kind v1.34.11 node image; no v1.34.12 found).
+    # v1.34.3 upgrade plan; a kind v1.34.11 cluster runs CoreDNS v1.12.1). Last patch 1.34.12
+    # (issue 10: CoreDNS v1.12.1, pause 3.10.1, etcd 3.6.5-0, same as the row from v1.34.2; the
+    # table had stopped at 1.34.11, which is why kubeadm's own list now wins when mirrored).
     34: (
-        11,
+        12,
         (
             # PR #133245 ("deliver etcd 3.6.4 with 1.34"); output v1.34.0, v1.34.1
             (0, "3.6.4-0", "v1.12.1", "3.10.1"),
@@ -229,7 +230,8 @@ _TABLE: dict[int, tuple[int, tuple[_Row, ...]]] = {
             # kubeadm v1.34.3 upgrade plan: etcd 3.5.24-0 -> 3.6.5-0 (kwx4957/k8s-deploy); output
             # v1.34.4; a v1.34.9 cluster and a kubeadm v1.34.10 version report run 3.6.5-0.
             # v1.34.5..8 INFERRED (bracketed by v1.34.4 and v1.34.9; no release-1.34 pick of the
-            # 3.6.10/3.6.11 bumps #138392/#138746 was found). v1.34.11 etcd UNVERIFIED.
+            # 3.6.10/3.6.11 bumps #138392/#138746 was found). v1.34.11 etcd UNVERIFIED; v1.34.12
+            # as given in issue 10.
             (2, "3.6.5-0", "v1.12.1", "3.10.1"),
         ),
     ),
@@ -356,6 +358,15 @@ def known_versions() -> list[str]:
     return [
         _fmt(1, minor, patch) for minor in sorted(_TABLE) for patch in range(_TABLE[minor][0] + 1)
     ]
+
+
+def config_api_version(version: str) -> str:
+    """api_version_for by the minor alone, for any well-formed 1.x version: a release newer
+    than the table (its images listed by its own kubeadm) still gets a kubeadm config."""
+    major, minor, _ = _parse(version)
+    if major != 1 or minor < min(_TABLE):
+        raise _unknown(version, f"unknown release; known: {known_range()}")
+    return "kubeadm.k8s.io/v1beta4" if minor >= _V1BETA4_FROM_MINOR else "kubeadm.k8s.io/v1beta3"
 
 
 def api_version_for(version: str) -> str:

@@ -7,6 +7,7 @@ thin and everything here is unit-testable without a server.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from mirror.config import Config
 from mirror.errors import ConfigError
 from mirror.images.refs import DOCKER_HUB, ImageJob, parse_images_file, plan_jobs, upstream_hosts
 
+log = logging.getLogger("mirror.images")
 CERTS_DIR = "/etc/containerd/certs.d"
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
@@ -29,9 +31,13 @@ def registry_scheme(cfg: Config) -> str:
 
 
 def default_version(cfg: Config) -> str:
-    if not cfg.kubernetes_versions:
+    """The first configured version (a range's lower end): what node configs default to."""
+    from mirror.kubernetes.versions import first_version
+
+    version = first_version(cfg.kubernetes_versions)
+    if version is None:
         raise ConfigError(str(cfg.config_path or "config"), "key 'kubernetes_versions' is empty")
-    return kubeadm_images.normalize_version(cfg.kubernetes_versions[0])
+    return version
 
 
 def image_repository(cfg: Config) -> str:
@@ -41,19 +47,59 @@ def image_repository(cfg: Config) -> str:
 
 def pause_image(cfg: Config, version: str) -> str:
     """The sandbox image by its mirrored name: kubeadm preflight warns unless the runtime's
-    sandbox image is the one under imageRepository."""
-    return f"{image_repository(cfg)}/pause:{kubeadm_images.image_set(version).pause}"
+    sandbox image is the one under imageRepository. Never runs kubeadm (web workers call
+    this): the list kubeadm gave at sync time, else the table."""
+    from mirror.kubernetes.images import image_list
+
+    found = image_list(cfg, version, run_kubeadm=False)
+    tag = found.tag_of("pause")
+    if tag is None:
+        raise ConfigError(f"kubernetes version {found.version!r}", "its image list has no pause")
+    return f"{image_repository(cfg)}/pause:{tag}"
 
 
-def image_jobs(cfg: Config) -> list[ImageJob]:
+@dataclass(frozen=True)
+class ImagePlan:
+    """What an image sync copies, and why some configured versions cannot be planned."""
+
+    jobs: list[ImageJob]
+    failures: list[str]  # one line per version (or range minor) without an image list
+    warnings: list[str]  # kubeadm disagreeing with the table, a failed kubeadm run
+
+
+def image_plan(cfg: Config, run_kubeadm: bool = True) -> ImagePlan:
+    """Every configured version (ranges resolved from the mirrored kubeadm packages) with
+    kubeadm's own image list where available, plus images.txt. Call after the repo sync:
+    a new version's kubeadm rpm must be mirrored before its image list can be read."""
+    from mirror.kubernetes.images import image_lists
+    from mirror.kubernetes.resolve import resolve_versions
+
+    resolution = resolve_versions(cfg)
+    lists = image_lists(cfg, resolution.versions, run_kubeadm)
     extra = []
     if cfg.images_file is not None and cfg.images_file.exists():
         extra = parse_images_file(cfg.images_file)
-    return plan_jobs(cfg.registry.url, cfg.kubernetes_versions, extra)
+    planned = [v for v in resolution.versions if v in lists.lists]
+    by_version = {v: found.images for v, found in lists.lists.items()}
+    jobs = plan_jobs(cfg.registry.url, planned, extra, by_version)
+    return ImagePlan(jobs, [*resolution.problems, *lists.failures], lists.warnings)
+
+
+def image_jobs(cfg: Config, run_kubeadm: bool = True) -> list[ImageJob]:
+    """image_plan's jobs; its failures and warnings are logged (a caller that must fail on
+    them uses image_plan)."""
+    plan = image_plan(cfg, run_kubeadm)
+    for line in plan.failures:
+        log.error("%s", line)
+    for line in plan.warnings:
+        log.warning("%s", line)
+    return plan.jobs
 
 
 def mirrored_hosts(cfg: Config) -> list[str]:
-    return upstream_hosts(image_jobs(cfg))
+    # Rendering node files: no kubeadm runs, and a version without a list only lacks hosts
+    # (kubeadm's images are all on registry.k8s.io, which is always listed).
+    return upstream_hosts(image_plan(cfg, run_kubeadm=False).jobs)
 
 
 # --- kubeadm -----------------------------------------------------------------------------
@@ -86,10 +132,11 @@ class InitSettings:
 def kubeadm_config(cfg: Config, version: str, settings: InitSettings) -> str:
     """ClusterConfiguration (+ InitConfiguration when a CRI socket is given) for `version`,
     in the API version that kubeadm release accepts (v1beta3 < 1.31 <= v1beta4)."""
-    version = kubeadm_images.normalize_version(version)
-    images = kubeadm_images.image_set(version)  # unknown version -> clear error
+    from mirror.kubernetes.images import image_list
+
+    images = image_list(cfg, version, run_kubeadm=False)  # unknown version -> clear error
     settings.validate()
-    api = kubeadm_images.api_version_for(version)
+    api = kubeadm_images.config_api_version(images.version)
     cluster: dict[str, object] = {
         "apiVersion": api,
         "kind": "ClusterConfiguration",

@@ -1,8 +1,9 @@
 """Upstream repository definitions in dnf `.repo` syntax, and their expansion per variable value.
 
-A definition whose baseurl uses `$releasever`/`$basearch` becomes one *target* per combination
-of configured values; each target is synced and published on its own
-(`/repos/docker-ce-stable/9/x86_64/`).
+A definition whose baseurl uses `$releasever`/`$basearch`/`$kubernetes_minor` becomes one
+*target* per combination of configured values; each target is synced and published on its own
+(`/repos/docker-ce-stable/9/x86_64/`, `/repos/kubernetes/v1.36/`). `$kubernetes_minor` takes
+every minor `kubernetes_versions` touches (`v1.35.9` -> `v1.35`; a range, every minor in it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from mirror.errors import ConfigError
 
 # The variables we substitute. dnf knows more ($arch, $releasever_major, ...); an upstream
 # definition using one of those gets a clear error instead of a silently wrong URL.
-SUPPORTED_VARS = ("releasever", "basearch")
+# kubernetes_minor is a custom dnf variable: nodes read it from /etc/dnf/vars/kubernetes_minor
+# (bootstrap.sh writes it), so moving a node to the next minor is a one-file change.
+SUPPORTED_VARS = ("releasever", "basearch", "kubernetes_minor")
 _VAR_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 # A repo id becomes a directory name under data_dir/repos/: it must start with a letter or
 # digit, so '.' and '..' (which would publish, and prune, outside the repo) cannot pass.
@@ -234,8 +237,15 @@ def _definition(
     for url in baseurls:
         _check_url(src("baseurl"), "baseurl", url)
     gpgkeys = _split_list(opts.get("gpgkey", ""))
+    in_baseurl = {v for url in baseurls for v in variables_in(url)}
     for url in gpgkeys:
         _check_url(src("gpgkey"), "gpgkey", url)
+        # A target binds only the baseurl's variables; any other one has no value to take.
+        extra = [v for v in variables_in(url) if v not in in_baseurl]
+        if extra:
+            raise ConfigError(
+                src("gpgkey"), f"key 'gpgkey': ${extra[0]} is used in gpgkey but not in baseurl"
+            )
     gpgcheck = _bool(src("gpgcheck"), "gpgcheck", opts.get("gpgcheck"), False)
     repo_gpgcheck = _bool(src("repo_gpgcheck"), "repo_gpgcheck", opts.get("repo_gpgcheck"), False)
     if (gpgcheck or repo_gpgcheck) and not gpgkeys:
@@ -268,12 +278,11 @@ def _check_repo_id(src: str, section: str) -> None:
 
 
 def _check_url(src: str, key: str, url: str) -> None:
-    """http(s) with a host, and only $releasever/$basearch as variables."""
+    """http(s) with a host, and only SUPPORTED_VARS as variables."""
     for var in variables_in(url):
         if var not in SUPPORTED_VARS:
-            raise ConfigError(
-                src, f"variable ${var} is not supported (only $releasever, $basearch)"
-            )
+            known = ", ".join(f"${v}" for v in SUPPORTED_VARS)
+            raise ConfigError(src, f"variable ${var} is not supported (only {known})")
     if "$" in _VAR_RE.sub("", url):  # ${var:-default}, a lone `$`: dnf syntax we do not expand
         raise ConfigError(src, f"key '{key}': unsupported variable syntax in {url!r}")
     if not url.startswith(("http://", "https://")):
@@ -314,11 +323,29 @@ def load_definitions(cfg: Config) -> list[RepoDefinition]:
     return definitions
 
 
+def variable_values(cfg: Config) -> dict[str, Sequence[str]]:
+    """What each supported variable expands to."""
+    from mirror.kubernetes.versions import configured_minors
+
+    return {
+        "releasever": cfg.releasever,
+        "basearch": cfg.basearch,
+        "kubernetes_minor": configured_minors(cfg.kubernetes_versions),
+    }
+
+
 def expand_targets(definitions: Iterable[RepoDefinition], cfg: Config) -> list[RepoTarget]:
-    values: dict[str, Sequence[str]] = {"releasever": cfg.releasever, "basearch": cfg.basearch}
+    values = variable_values(cfg)
     targets = []
     for definition in definitions:
         names = definition.variables
+        if "kubernetes_minor" in names and not values["kubernetes_minor"]:
+            # Zero minors would silently mirror nothing of a repo the user enabled.
+            raise ConfigError(
+                f"{definition.source}: [{definition.id}]",
+                "baseurl uses $kubernetes_minor but key 'kubernetes_versions' is empty "
+                f"in {cfg.config_path or 'the config'}",
+            )
         for combo in itertools.product(*(values[n] for n in names)):
             targets.append(RepoTarget(definition, tuple(zip(names, combo, strict=True))))
     return targets

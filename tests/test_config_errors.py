@@ -55,7 +55,13 @@ def assert_one_line_error(proc, *needles: str) -> None:
             "repo_filters:\n  nosuch: {newest: 1}\n",
             ["key 'repo_filters.nosuch'", "no enabled repo"],
         ),
-        ("kubernetes_versions: [v1.99.1]\n", ["key 'kubernetes_versions'", "v1.24.0 .."]),
+        # Issue 10: any vX.Y.Z is accepted (its images may come from its mirrored kubeadm);
+        # only malformed versions and ranges are config errors.
+        ("kubernetes_versions: [v1.99]\n", ["key 'kubernetes_versions'", "malformed"]),
+        (
+            "kubernetes_versions: [v1.36.5..v1.34.3]\n",
+            ["key 'kubernetes_versions'", "reverse order"],
+        ),
         ("releasever: []\n", ["key 'releasever'"]),
         ("data_dir: [unclosed\n", ["mirror.yaml", "line 2"]),
         ("- just\n- a list\n", ["top level must be a mapping"]),

@@ -15,6 +15,7 @@ from mirror.kubeadm_images import (
     DEFAULT_IMAGE_REPOSITORY,
     KubeadmImageSet,
     api_version_for,
+    config_api_version,
     image_set,
     known_range,
     known_versions,
@@ -316,6 +317,17 @@ def test_v1_34_10_and_v1_34_11() -> None:
     assert image_set("v1.34.11").coredns == "v1.12.1"
 
 
+def test_v1_34_12_added_for_issue_10() -> None:
+    assert image_set("v1.34.12") == KubeadmImageSet("v1.34.12", "3.6.5-0", "v1.12.1", "3.10.1")
+
+
+def test_config_api_version_needs_only_the_minor() -> None:
+    assert config_api_version("v1.30.99") == "kubeadm.k8s.io/v1beta3"
+    assert config_api_version("v1.38.0") == "kubeadm.k8s.io/v1beta4"
+    with pytest.raises(UnknownKubernetesVersion):
+        config_api_version("v1.23.0")
+
+
 def test_v1_35_0_matches_published_output() -> None:
     r = DEFAULT_IMAGE_REPOSITORY
     assert image_set("v1.35.0").images() == _new_order("v1.35.0", r, "v1.13.1", "3.10.1", "3.6.6-0")
@@ -524,7 +536,7 @@ def test_known_versions_are_ascending_and_gap_free_per_minor() -> None:
     assert versions[0] == "v1.24.0"
     assert versions[-1] == "v1.37.1"
     last = {24: 17, 25: 16, 26: 15, 27: 16, 28: 15, 29: 15, 30: 14}
-    last |= {31: 14, 32: 13, 33: 13, 34: 11, 35: 9, 36: 5, 37: 1}
+    last |= {31: 14, 32: 13, 33: 13, 34: 12, 35: 9, 36: 5, 37: 1}
     by_minor: dict[int, list[int]] = {}
     for major, minor, patch in parsed:
         assert major == 1

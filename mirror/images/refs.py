@@ -9,7 +9,7 @@ manifests keep working.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,12 +177,21 @@ def coredns_alias(ref: ImageRef) -> str | None:
 
 
 def plan_jobs(
-    registry: str, kubernetes_versions: Sequence[str], extra: Iterable[ImageRef]
+    registry: str,
+    kubernetes_versions: Sequence[str],
+    extra: Iterable[ImageRef],
+    image_lists: Mapping[str, Sequence[str]] | None = None,
 ) -> list[ImageJob]:
-    """The kubeadm image set of each version plus images.txt, deduplicated, in that order."""
+    """The kubeadm image set of each version plus images.txt, deduplicated, in that order.
+
+    `image_lists` (version -> kubeadm's references) comes from mirror.kubernetes.images, which
+    asks the mirrored kubeadm binary; a version missing there falls back to the built-in table."""
     seen: dict[str, ImageJob] = {}
-    refs = [r for v in kubernetes_versions for r in kubeadm_refs(v)] + list(extra)
-    for ref in refs:
+    refs: list[ImageRef] = []
+    for version in kubernetes_versions:
+        listed = (image_lists or {}).get(version)
+        refs += [parse_reference(r) for r in listed] if listed else kubeadm_refs(version)
+    for ref in [*refs, *extra]:
         if ref.upstream in seen:
             continue
         dests = [ref.mirrored(registry)]

@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mirror.config import Config
-from mirror.repofile import RepoDefinition
+from mirror.repofile import RepoDefinition, variable_values
 
 
 def repo_stanza(definition: RepoDefinition, cfg: Config) -> str:
     path = "/".join((definition.id, *(f"${v}" for v in definition.variables)))
     filtered = definition.id in cfg.repo_filters
-    lines = [
-        f"[{definition.id}]",
+    lines = [f"[{definition.id}]"]
+    if "kubernetes_minor" in definition.variables:
+        # dnf takes custom variables from /etc/dnf/vars/; bootstrap.sh writes this one.
+        minors = " ".join(variable_values(cfg)["kubernetes_minor"])
+        lines.append(
+            "# $kubernetes_minor is read from /etc/dnf/vars/kubernetes_minor "
+            f"(this mirror serves: {minors})"
+        )
+    lines += [
         f"name={definition.name} (mirror)",
         f"baseurl={cfg.base_url}/repos/{path}/",
         "enabled=1",

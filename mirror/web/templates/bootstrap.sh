@@ -22,7 +22,8 @@ usage() {
     cat <<'EOF'
 Usage: curl -fsS {{ base_url }}/bootstrap.sh | sudo bash -s -- [options]
   --runtime containerd|cri-o   container runtime (default: containerd)
-  --kubernetes-version X.Y.Z   kubeadm/kubelet/kubectl version (default: {{ kubernetes_version or "none configured; required" }})
+  --kubernetes-version X.Y.Z   kubeadm/kubelet/kubectl version (default: {{ kubernetes_version or "none configured; required" }});
+                               its minor goes to /etc/dnf/vars/kubernetes_minor
   --role control-plane|worker  which kubeadm ports to open in firewalld (default: worker)
   --mirror URL                 the mirror to use (default: {{ base_url }})
   --system-repos               keep the node's other yum repos enabled (default: mirror only)
@@ -220,6 +221,11 @@ if [ "$MIRROR" != "$BASE_URL" ]; then
     printf '%s\n' "${content//"$BASE_URL"/"$MIRROR"}" > "$TMPD/mirror.repo"
 fi
 put_file "$REPO_FILE" "$TMPD/mirror.repo"
+# dnf expands $kubernetes_minor in mirror.repo from this file (a custom dnf variable; under
+# --root, dnf --installroot reads it inside the root): moving the node to the next minor
+# later is a change of this one line.
+printf 'v%s\n' "${K8S_VERSION%.*}" > "$TMPD/kubernetes_minor"
+put_file /etc/dnf/vars/kubernetes_minor "$TMPD/kubernetes_minor"
 
 step "gpg keys"
 for repo in kubernetes "$RUNTIME_REPO"; do

@@ -1,0 +1,274 @@
+"""kubeadm's own image list: extract /usr/bin/kubeadm from a mirrored rpm and ask it.
+
+`kubeadm config images list --kubernetes-version vX.Y.Z` is what `kubeadm init` pulls, by
+definition; the built-in table (mirror.kubeadm_images) only describes it. The binary comes
+from an rpm upstream signed and the repo sync verified, but it is still a program from the
+internet run on the utility node, so it runs with what it needs and nothing more:
+
+- the rpm payload is unpacked by bsdtar (libarchive; or rpm2cpio | cpio), one member only,
+  into a fresh directory, and the result must be a regular file;
+- an empty environment, stdin from /dev/null, a timeout, a cap on what it may print;
+- as root: in a new network namespace (`unshare -n`, no interfaces but a down loopback) and
+  as `nobody` (`setpriv`, no new privileges); otherwise as the calling user, clean env.
+
+Results are cached per version under data_dir/state/kubeadm/, keyed by the rpm's checksum.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror import fsutil
+from mirror.config import Config
+from mirror.errors import EnvironmentProblem, MirrorError
+from mirror.images.refs import BadReference, parse_reference
+from mirror.kubernetes.packages import KubePackage
+
+log = logging.getLogger("mirror.kubernetes")
+MEMBER = "usr/bin/kubeadm"
+RUN_TIMEOUT = 60.0
+EXTRACT_TIMEOUT = 300.0
+MAX_OUTPUT = 64 * 1024
+MAX_IMAGES = 64
+UNPRIVILEGED_USER = "nobody"
+CACHE_FORMAT = 1
+
+
+class KubeadmBinaryError(MirrorError):
+    """kubeadm of one version could not give its image list (extraction, run or output)."""
+
+    def __init__(self, version: str, rpm: str, message: str) -> None:
+        super().__init__(f"kubeadm {version} ({rpm}): {message}")
+        self.version = version
+        self.rpm = rpm
+
+
+@dataclass(frozen=True)
+class BinaryList:
+    version: str
+    images: tuple[str, ...]
+    rpm: str  # NVRA of the rpm it came from
+    checksum: str  # of that rpm (primary's pkgId)
+
+
+def cache_dir(cfg: Config) -> Path:
+    return cfg.state_root / "kubeadm"
+
+
+def _cache_file(cfg: Config, version: str) -> Path:
+    return cache_dir(cfg) / f"{version}.json"
+
+
+def load_cached(cfg: Config, version: str) -> BinaryList | None:
+    try:
+        data = json.loads(_cache_file(cfg, version).read_text())
+        if data.get("format") != CACHE_FORMAT or data.get("version") != version:
+            return None
+        return BinaryList(version, tuple(data["images"]), data["rpm"], data["checksum"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_cached(cfg: Config, result: BinaryList) -> None:
+    doc = {
+        "format": CACHE_FORMAT,
+        "version": result.version,
+        "images": list(result.images),
+        "rpm": result.rpm,
+        "checksum": result.checksum,
+    }
+    fsutil.atomic_write_text(_cache_file(cfg, result.version), json.dumps(doc, indent=2) + "\n")
+
+
+# --- extraction ----------------------------------------------------------------------------
+
+
+def _extract_argv(rpm: Path, dest: Path) -> list[list[str]]:
+    """argv lists of a pipeline writing ./usr/bin/kubeadm below `dest`."""
+    bsdtar = shutil.which("bsdtar")
+    if bsdtar:  # libarchive reads the rpm container and its payload compressions itself
+        return [[bsdtar, "-x", "-f", str(rpm), "-C", str(dest), "--no-same-owner", f"./{MEMBER}"]]
+    rpm2cpio, cpio = shutil.which("rpm2cpio"), shutil.which("cpio")
+    if rpm2cpio and cpio:
+        return [[rpm2cpio, str(rpm)], [cpio, "-i", "-d", "--quiet", "-D", str(dest), f"./{MEMBER}"]]
+    raise EnvironmentProblem(
+        "neither bsdtar nor rpm2cpio+cpio found: install libarchive-tools (bsdtar) or cpio"
+    )
+
+
+def _run_pipeline(argvs: list[list[str]]) -> str | None:
+    """Run argv lists connected by pipes (no shell); None on success, else the reason."""
+    procs: list[subprocess.Popen[bytes]] = []
+    stdin: int | None = subprocess.DEVNULL
+    try:
+        for i, argv in enumerate(argvs):
+            last = i == len(argvs) - 1
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin if i == 0 else procs[-1].stdout,
+                stdout=subprocess.DEVNULL if last else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            if i > 0 and procs[-1].stdout is not None:
+                procs[-1].stdout.close()  # the next process owns the pipe now
+            procs.append(proc)
+        errors = []
+        for proc in reversed(procs):
+            _, err = proc.communicate(timeout=EXTRACT_TIMEOUT)
+            if proc.returncode != 0:
+                name = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
+                text = err.decode(errors="replace").strip().splitlines()
+                errors.append(f"{name} exited {proc.returncode}: {text[-1] if text else ''}")
+        return "; ".join(errors) or None
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def extract(pkg: KubePackage, dest: Path) -> Path:
+    """/usr/bin/kubeadm of `pkg` as dest/usr/bin/kubeadm (mode 0755)."""
+    problem = _run_pipeline(_extract_argv(pkg.path, dest))
+    binary = dest / MEMBER
+    if problem is not None:
+        raise KubeadmBinaryError(pkg.version, pkg.nvra, f"cannot extract /{MEMBER}: {problem}")
+    try:
+        st = binary.lstat()
+    except FileNotFoundError:
+        raise KubeadmBinaryError(pkg.version, pkg.nvra, f"the rpm has no /{MEMBER}") from None
+    if not stat.S_ISREG(st.st_mode):  # a symlink would point anywhere on this machine
+        raise KubeadmBinaryError(pkg.version, pkg.nvra, f"/{MEMBER} is not a regular file")
+    binary.chmod(0o755)
+    return binary
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _can_unshare_net() -> bool:
+    """`unshare -n` works only with CAP_SYS_ADMIN, and not in every container: try it once."""
+    tool = shutil.which("unshare")
+    if tool is None or os.geteuid() != 0:
+        return False
+    try:
+        probe = subprocess.run([tool, "-n", "true"], capture_output=True, timeout=10, env={})
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def sandbox_prefix() -> tuple[list[str], str]:
+    """argv prefix that drops network and privileges where possible, and what it does."""
+    prefix: list[str] = []
+    notes = []
+    if _can_unshare_net():
+        prefix += [str(shutil.which("unshare")), "-n", "--"]
+        notes.append("no network")
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() == 0 and setpriv:
+        try:
+            user = pwd.getpwnam(UNPRIVILEGED_USER)
+        except KeyError:
+            user = None
+        if user is not None:
+            prefix += [
+                setpriv,
+                f"--reuid={user.pw_uid}",
+                f"--regid={user.pw_gid}",
+                "--clear-groups",
+                "--no-new-privs",
+                "--",
+            ]
+            notes.append(f"as {UNPRIVILEGED_USER}")
+    return prefix, ", ".join(notes) or "as the current user"
+
+
+def run_images_list(binary: Path, version: str, rpm: str) -> list[str]:
+    """`kubeadm config images list --kubernetes-version V`, sandboxed; its parsed output."""
+    prefix, how = sandbox_prefix()
+    argv = [*prefix, str(binary), "config", "images", "list", "--kubernetes-version", version]
+    log.debug("running %s (%s)", " ".join(argv), how)
+    try:
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env={},  # nothing from ours: no proxy settings, no KUBECONFIG, no HOME
+            cwd=binary.parent,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise KubeadmBinaryError(version, rpm, f"did not finish in {RUN_TIMEOUT:.0f}s") from None
+    except OSError as exc:
+        raise KubeadmBinaryError(version, rpm, f"cannot run: {exc.strerror or exc}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        last = err[-1][:300] if err else "no message"
+        raise KubeadmBinaryError(version, rpm, f"exited {proc.returncode}: {last}")
+    return parse_output(proc.stdout, version, rpm)
+
+
+def parse_output(out: bytes, version: str, rpm: str) -> list[str]:
+    """One image reference per line, as kubeadm prints them; anything else is refused."""
+    if len(out) > MAX_OUTPUT:
+        raise KubeadmBinaryError(version, rpm, f"printed over {MAX_OUTPUT} bytes")
+    try:
+        text = out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KubeadmBinaryError(version, rpm, "printed non-UTF-8 output") from None
+    images: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            ref = parse_reference(line)
+        except BadReference as exc:
+            raise KubeadmBinaryError(version, rpm, f"printed {line[:80]!r}: {exc}") from None
+        if ref.upstream not in images:
+            images.append(ref.upstream)
+    if not images or len(images) > MAX_IMAGES:
+        raise KubeadmBinaryError(version, rpm, f"printed {len(images)} images")
+    # A kubeadm that answers for another version (wrong rpm, broken flag) is not believed.
+    if not any(i.endswith(f"/kube-apiserver:{version}") for i in images):
+        raise KubeadmBinaryError(version, rpm, f"its list has no kube-apiserver:{version}")
+    return images
+
+
+def host_arch_packages(packages: list[KubePackage]) -> list[KubePackage]:
+    """kubeadm rpms this machine can execute: its own arch first, then noarch."""
+    machine = os.uname().machine
+    order = {machine: 0, "noarch": 1}
+    usable = [p for p in packages if p.name == "kubeadm" and p.arch in order]
+    return sorted(usable, key=lambda p: order[p.arch])
+
+
+def images_from_rpm(cfg: Config, pkg: KubePackage, version: str) -> BinaryList:
+    """Extract, run, parse, cache. The scratch dir lives in the system temp dir: `nobody`
+    must be able to reach the binary, which a 0700 data_dir would forbid."""
+    scratch = Path(tempfile.mkdtemp(prefix="mirror-kubeadm-"))
+    try:
+        scratch.chmod(0o755)
+        binary = extract(pkg, scratch)
+        for parent in (binary.parent, binary.parent.parent):
+            parent.chmod(0o755)
+        images = run_images_list(binary, version, pkg.nvra)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result = BinaryList(version, tuple(images), pkg.nvra, pkg.checksum)
+    save_cached(cfg, result)
+    log.info("kubeadm %s: image list from %s (%d images)", version, pkg.nvra, len(images))
+    return result
