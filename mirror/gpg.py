@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.errors import EnvironmentProblem
@@ -76,3 +77,54 @@ def verify_detached(data: bytes, signature: bytes, keys: bytes) -> str:
         raise SignatureError(
             f"gpg could not verify: {proc.stderr.strip().splitlines()[-1:] or '?'}"
         )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One primary public key as `gpg --with-colons` describes it."""
+
+    fingerprint: str
+    uid: str  # the first user ID ("" when there is none)
+    created: int | None  # seconds since the epoch
+    expires: int | None  # seconds since the epoch; None: never expires
+
+
+def _epoch(field: str) -> int | None:
+    return int(field) if field.isdigit() and int(field) > 0 else None
+
+
+def parse_colons(listing: str) -> list[KeyInfo]:
+    """`pub` records (field 6 created, field 7 expiry) with the `fpr` and first `uid` that
+    follow each; `sub` records and their fingerprints are skipped."""
+    keys: list[KeyInfo] = []
+    pub: list[str] | None = None  # fields of the current pub record
+    fpr = uid = ""
+    in_sub = False
+    for line in [*listing.splitlines(), "pub:end"]:  # the sentinel flushes the last key
+        fields = line.split(":")
+        if fields[0] == "pub":
+            if pub is not None and fpr:
+                keys.append(KeyInfo(fpr, uid, _epoch(pub[5]), _epoch(pub[6])))
+            pub = fields if len(fields) > 6 else None
+            fpr = uid = ""
+            in_sub = False
+        elif fields[0] in ("sub", "ssb"):
+            in_sub = True
+        elif pub is not None and len(fields) > 9:
+            if fields[0] == "fpr" and not in_sub and not fpr:
+                fpr = fields[9]
+            elif fields[0] == "uid" and not uid:
+                uid = fields[9]
+    return keys
+
+
+def key_info(keys: bytes) -> list[KeyInfo]:
+    """Every primary key in `keys` (armored or binary, several concatenated) with its expiry,
+    read in a throwaway home (`--import-options show-only`: nothing is imported)."""
+    with tempfile.TemporaryDirectory(prefix="mirror-gpg-") as home:
+        keyfile = Path(home) / "keys"
+        keyfile.write_bytes(keys)
+        proc = _run(
+            Path(home), "--with-colons", "--import-options", "show-only", "--import", str(keyfile)
+        )
+        return parse_colons(proc.stdout)
