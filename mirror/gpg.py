@@ -26,7 +26,17 @@ def _gpg() -> str:
 
 def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_gpg(), "--homedir", str(home), "--batch", "--no-tty", "--status-fd", "1", *args],
+        [
+            _gpg(),
+            "--homedir",
+            str(home),
+            "--batch",
+            "--no-tty",
+            "--no-autostart",
+            "--status-fd",
+            "1",
+            *args,
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -120,7 +120,9 @@ def test_new_package_appears_and_removed_one_disappears(mirror: Mirror, tmp_path
     assert f"kubectl-1.28.3-{K8S_RELEASE}.x86_64" in nevras
     assert f"kubectl-1.28.0-{K8S_RELEASE}.x86_64" not in nevras
     assert (k8s / "x86_64" / new.filename("x86_64")).is_file()
-    assert not (k8s / "x86_64" / f"kubectl-1.28.0-{K8S_RELEASE}.x86_64.rpm").exists()
+    # Dropped upstream, but kept one more generation for nodes holding the previous metadata.
+    old = k8s / "x86_64" / f"kubectl-1.28.0-{K8S_RELEASE}.x86_64.rpm"
+    assert old.is_file()
     # Metadata of the previous generation stays (for clients mid-fetch); older is pruned.
     live = {r.location_href for r in cr.Repomd(str(k8s / "repodata" / "repomd.xml")).records}
     on_disk = {f"repodata/{p.name}" for p in (k8s / "repodata").iterdir()}
@@ -129,6 +131,7 @@ def test_new_package_appears_and_removed_one_disappears(mirror: Mirror, tmp_path
     assert_ok(mirror.sync("--repo", "kubernetes"))
     on_disk = {f"repodata/{p.name}" for p in (k8s / "repodata").iterdir()}
     assert not on_disk & generation_before
+    assert not old.exists()  # two generations later it is gone
 
 
 def test_corrupt_package_fails_repo_and_keeps_previous_copy(mirror: Mirror, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ import createrepo_c as cr
 
 from mirror import fsutil
 from mirror.errors import RepoSyncError
-from mirror.yum.metadata import REPOMD, PackageRef, UpstreamMetadata
+from mirror.yum.metadata import REPOMD, PackageRef, UpstreamMetadata, plain_metadata
 
 SIGNATURE = REPOMD + ".asc"
 # Metadata that stays valid for a subset of packages; the rest (updateinfo, modules)
@@ -100,7 +100,9 @@ def generate_filtered_metadata(
         record = meta.record(kind)
         if record is None:
             raise RepoSyncError(repo, f"cannot filter: upstream has no {kind} metadata")
-        paths[kind] = str(meta.path(record))
+        # The verified plain XML, inflated under its open-size cap (a bomb never reaches
+        # createrepo_c's parser).
+        paths[kind] = str(plain_metadata(repo, meta, kind))
     repodata = outdir / "repodata"
     if outdir.exists():
         shutil.rmtree(outdir)

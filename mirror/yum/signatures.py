@@ -88,7 +88,9 @@ def split_keys(keys: bytes) -> list[bytes]:
     with tempfile.TemporaryDirectory(prefix="mirror-keysplit-") as tmp:
         home = Path(tmp)
         home.chmod(0o700)
-        base = [gpg, "--homedir", str(home), "--batch", "--no-tty"]
+        # --no-autostart: public-key work needs no gpg-agent, and a SIGKILLed sync would
+        # leave one behind (it leaves the process group).
+        base = [gpg, "--homedir", str(home), "--batch", "--no-tty", "--no-autostart"]
         for number, segment in enumerate(_segments(keys)):
             blob = home / f"blob-{number}"
             # A binary key followed by the newline fetch_keys appends is an invalid keyring

@@ -102,6 +102,11 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     opts = _options(target)
     published = publish_dir(cfg, target)
     staging = staging_dir(cfg, target)
+    # Before anything is written: a symlink planted in staging or the published tree must
+    # not let a download or the publish write outside data_dir.
+    publish.refuse_symlinks(
+        target.key, cfg.data_dir, [staging, cfg.repos_root.joinpath(*target.subpath)]
+    )
     previous = state.load(cfg.state_root, "repos", target.key)
     keyfile = key_path(cfg, d.id)
 
