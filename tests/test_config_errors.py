@@ -160,7 +160,11 @@ def test_shipped_repo_definitions_parse(tmp_path: Path) -> None:
     repos = Path(__file__).resolve().parent.parent / "repos"
     ids = {d.id: d for p in sorted(repos.glob("*.repo")) for d in parse_repo_file(p)}
     assert set(ids) == {"kubernetes", "docker-ce-stable", "cri-o"}
-    assert ids["kubernetes"].baseurls[0].startswith("https://pkgs.k8s.io/core:/stable:/v1.")
+    # Issue 10: one variable for the minor, expanded from kubernetes_versions.
+    assert ids["kubernetes"].baseurls == (
+        "https://pkgs.k8s.io/core:/stable:/$kubernetes_minor/rpm/",
+    )
+    assert ids["kubernetes"].variables == ("kubernetes_minor",)
     assert ids["kubernetes"].exclude == (
         "kubelet",
         "kubeadm",
@@ -169,7 +173,8 @@ def test_shipped_repo_definitions_parse(tmp_path: Path) -> None:
         "kubernetes-cni",
     )
     assert ids["docker-ce-stable"].variables == ("releasever", "basearch")
-    assert "isv:/cri-o:/stable:/v1." in ids["cri-o"].baseurls[0]
+    assert "isv:/cri-o:/stable:/$kubernetes_minor/rpm/" in ids["cri-o"].baseurls[0]
+    assert ids["cri-o"].variables == ("kubernetes_minor",)
     assert all(d.gpgcheck for d in ids.values())
 
 

@@ -127,8 +127,9 @@ def _run_pipeline(argvs: list[list[str]]) -> str | None:
             _, err = proc.communicate(timeout=EXTRACT_TIMEOUT)
             if proc.returncode != 0:
                 name = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
+                # The first line is the cause; bsdtar's last is "Error exit delayed ...".
                 text = err.decode(errors="replace").strip().splitlines()
-                errors.append(f"{name} exited {proc.returncode}: {text[-1] if text else ''}")
+                errors.append(f"{name} exited {proc.returncode}: {text[0] if text else ''}")
         return "; ".join(errors) or None
     finally:
         for proc in procs:
@@ -141,14 +142,18 @@ def extract(pkg: KubePackage, dest: Path) -> Path:
     """/usr/bin/kubeadm of `pkg` as dest/usr/bin/kubeadm (mode 0755)."""
     problem = _run_pipeline(_extract_argv(pkg.path, dest))
     binary = dest / MEMBER
+    if problem is not None and "Not found in archive" in problem:
+        raise KubeadmBinaryError(f"v{pkg.version}", pkg.nvra, f"the rpm has no /{MEMBER}")
     if problem is not None:
-        raise KubeadmBinaryError(pkg.version, pkg.nvra, f"cannot extract /{MEMBER}: {problem}")
+        raise KubeadmBinaryError(
+            f"v{pkg.version}", pkg.nvra, f"cannot extract /{MEMBER}: {problem}"
+        )
     try:
         st = binary.lstat()
     except FileNotFoundError:
-        raise KubeadmBinaryError(pkg.version, pkg.nvra, f"the rpm has no /{MEMBER}") from None
+        raise KubeadmBinaryError(f"v{pkg.version}", pkg.nvra, f"the rpm has no /{MEMBER}") from None
     if not stat.S_ISREG(st.st_mode):  # a symlink would point anywhere on this machine
-        raise KubeadmBinaryError(pkg.version, pkg.nvra, f"/{MEMBER} is not a regular file")
+        raise KubeadmBinaryError(f"v{pkg.version}", pkg.nvra, f"/{MEMBER} is not a regular file")
     binary.chmod(0o755)
     return binary
 
