@@ -8,7 +8,7 @@ verification happen there, the same way for every file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirror.errors import PackageError
@@ -24,8 +24,12 @@ def download_packages(
     staging: Path,
     fetcher: Fetcher,
     opts: RequestOptions,
+    on_ready: Callable[[PackageRef], None] | None = None,
 ) -> None:
     """Download every package into `staging/<href>`, verified; raise the first failure.
+
+    `on_ready(pkg)` is called as each package is complete in staging (already there, or just
+    downloaded), so a later stage (signature checks) can run alongside the transfers.
 
     All downloads are attempted even after one fails, so a rerun only fetches what is
     still missing; the error names the package (and how many others failed). A local write
@@ -34,18 +38,25 @@ def download_packages(
     if not packages:
         return
     progress = progress_for(repo, len(packages), sum(p.size for p in packages))
-    jobs = []
+    jobs: dict[DownloadJob, PackageRef] = {}
     for pkg in packages:
         dest = staging / pkg.href
         if file_matches(dest, pkg.expected):  # left complete by an earlier, failed run
             progress.advance(pkg.size)
             progress.item_done(pkg.nevra)
+            if on_ready:
+                on_ready(pkg)
             continue
-        jobs.append(DownloadJob(join_url(baseurl, pkg.href), dest, pkg.expected, opts, pkg.nevra))
+        job = DownloadJob(join_url(baseurl, pkg.href), dest, pkg.expected, opts, pkg.nevra)
+        jobs[job] = pkg
+
+    def done(job: DownloadJob) -> None:
+        progress.item_done(job.label)
+        if on_ready:
+            on_ready(jobs[job])
+
     try:
-        failures = fetcher.download_many(
-            jobs, progress.advance, lambda job: progress.item_done(job.label)
-        )
+        failures = fetcher.download_many(list(jobs), progress.advance, done)
     finally:
         progress.close()
     if failures:

@@ -35,7 +35,7 @@ from mirror.yum.metadata import (
     parse_repomd,
 )
 from mirror.yum.plan import DuplicateHref, Plan, check_space, make_plan
-from mirror.yum.signatures import verify_packages
+from mirror.yum.signatures import StreamingVerifier
 
 log = logging.getLogger("mirror.yum")
 
@@ -182,11 +182,22 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     # terabytes must not fill data_dir before a checksum could catch it).
     pkg_staging = staging / "packages"
     check_space(target.key, plan, pkg_staging, data_dir=cfg.data_dir)
-    download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
-
-    if d.gpgcheck:  # every new package signed by one of the repo's keys, before publishing
-        staged = staging / "packages"
-        verify_packages(target.key, keys, [(staged / p.href, p.nevra) for p in plan.to_download])
+    if d.gpgcheck and plan.to_download:
+        # Every new package signed by one of the repo's keys before publishing; checked as
+        # each one lands, alongside the remaining transfers.
+        with StreamingVerifier(target.key, keys) as verifier:
+            download_packages(
+                target.key,
+                baseurl,
+                plan.to_download,
+                pkg_staging,
+                fetcher,
+                opts,
+                on_ready=lambda pkg: verifier.add(pkg_staging / pkg.href, pkg.nevra),
+            )
+            verifier.finish()
+    else:
+        download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
 
     # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
     _publish(cfg, target, meta, plan, keys, published, staging)
