@@ -6,6 +6,7 @@ raises a RepoSyncError for that target; its published copy is left exactly as it
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import shutil
@@ -72,8 +73,37 @@ def fetch_keys(target: RepoTarget, fetcher: Fetcher, opts: RequestOptions) -> by
             raise RepoSyncError(target.key, f"cannot fetch gpgkey: {exc}", exc.url) from None
         if not gpg.key_fingerprints(blob):
             raise RepoSyncError(target.key, "gpgkey holds no OpenPGP public key", url)
-        blobs.append(blob.rstrip(b"\n") + b"\n")
+        blobs.append(_armored(blob))
     return b"".join(blobs)
+
+
+def _armored(blob: bytes) -> bytes:
+    """A key file as ASCII armour, so that several can be concatenated into the one file
+    nodes import: an armoured key is kept as is (trailing newline normalised); a binary one
+    (gpg --export without --armor) is armoured here, since binary and armoured data cannot
+    share a file and a stripped trailing byte would corrupt a binary key."""
+    if blob.lstrip().startswith(b"-----BEGIN PGP"):
+        return blob.rstrip(b"\r\n") + b"\n"
+    crc = 0xB704CE
+    for byte in blob:  # CRC-24 of RFC 4880 section 6.1
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    body = base64.encodebytes(blob).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    checksum = base64.b64encode((crc & 0xFFFFFF).to_bytes(3, "big"))
+    return b"\n".join(
+        [
+            b"-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            b"",
+            *lines,
+            b"=" + checksum,
+            b"-----END PGP PUBLIC KEY BLOCK-----",
+            b"",
+        ]
+    )
 
 
 def _fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
