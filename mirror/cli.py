@@ -9,31 +9,26 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
+from collections.abc import Callable
+from contextlib import ExitStack
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from filelock import FileLock, Timeout
 
-from mirror import __version__, fsutil, state
+from mirror import __version__, content, fsutil, state
 from mirror.config import Config, config_path_from_env, load_config
 from mirror.errors import (
     EXIT_ENVIRONMENT,
     EXIT_OK,
     EXIT_SYNC_FAILED,
     ConfigError,
-    LockedError,
     MirrorError,
 )
-from mirror.progress import human_bytes
-from mirror.repofile import RepoTarget, expand_targets, load_definitions, select_targets
-from mirror.retry import local_reason
+from mirror.repofile import load_definitions
 
 if TYPE_CHECKING:
-    from mirror.images.refs import ImageJob
+    pass
 
 log = logging.getLogger("mirror")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,30 +73,6 @@ def _handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@contextmanager
-def sync_lock(cfg: Config) -> Iterator[None]:
-    """One sync at a time per data directory; a second one fails at once, touching nothing."""
-    lock = FileLock(str(cfg.data_dir / ".sync.lock"))
-    try:
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except Timeout:  # a filelock Timeout is an OSError too: it must come first
-        raise LockedError(
-            f"another mirror sync is running (lock held on {cfg.data_dir / '.sync.lock'}); "
-            "try again later"
-        ) from None
-    except OSError as exc:  # a full or read-only data_dir is a sync failure (exit 1)
-        reason = local_reason(exc)
-        if reason is None:
-            raise
-        where = exc.filename or cfg.data_dir
-        raise MirrorError(f"{reason} under data_dir ({where}); nothing was synced") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 class _Ctx:
     def __init__(self, config: str | None) -> None:
         self.path = config_path_from_env(config)
@@ -138,7 +109,7 @@ def main(ctx: click.Context, config: str | None, verbose: bool, log_format: str)
 
 @main.command()
 @click.option(
-    "--only", type=click.Choice(["repos", "images"]), help="Sync only yum repos or only images."
+    "--only", type=click.Choice(content.names()), help="Sync only this kind of content."
 )
 @click.option(
     "--repo", "repo_ids", multiple=True, metavar="ID", help="Only this repo id (repeatable)."
@@ -147,23 +118,18 @@ def main(ctx: click.Context, config: str | None, verbose: bool, log_format: str)
 @click.pass_obj
 @_handle_errors
 def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) -> None:
-    """Mirror the configured yum repositories and container images."""
-    cfg = obj.cfg
-    # Validate everything requested before taking the lock or touching the network.
-    targets = []
-    if only in (None, "repos"):
-        targets = select_targets(expand_targets(load_definitions(cfg), cfg), repo_ids)
-    jobs = []
-    if only in (None, "images") and not repo_ids:
-        from mirror import nodeconfig  # image planning: not needed for a repos-only sync
+    """Mirror everything configured: yum repositories, container images, ..."""
+    from mirror.content.kind import SyncRequest
+    from mirror.content.runner import run, sync_lock
 
-        jobs = nodeconfig.image_jobs(cfg)
-    failures: list[tuple[str, int]] = []  # (message, exit code)
+    cfg = obj.cfg
+    request = SyncRequest(dry_run=dry_run, repo_ids=repo_ids)
+    # Validate everything requested before taking the lock or touching the network.
+    kinds = [content.get(name) for name in content.names() if only in (None, name)]
+    planned = [(kind, kind.plan(cfg, request)) for kind in kinds]
     with sync_lock(cfg):
-        if targets:
-            failures += _sync_repos(cfg, targets, dry_run)
-        if jobs:
-            failures += _sync_images(cfg, jobs, dry_run)
+        results = run(cfg, planned, request)
+        failures = [(r.error, r.exit_code) for r in results if r.error]
         if not dry_run:
             failures += _render_node_files(cfg)
     if failures:
@@ -174,18 +140,6 @@ def sync(obj: _Ctx, only: str | None, repo_ids: tuple[str, ...], dry_run: bool) 
         codes = {code for _, code in failures}
         sys.exit(EXIT_ENVIRONMENT if EXIT_ENVIRONMENT in codes else EXIT_SYNC_FAILED)
     sys.exit(EXIT_OK)
-
-
-def _sync_repos(cfg: Config, targets: list[RepoTarget], dry_run: bool) -> list[tuple[str, int]]:
-    from mirror.http import Fetcher
-    from mirror.yum.sync import sync_repos
-
-    with Fetcher(
-        parallel=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
-    ) as fetcher:
-        results = sync_repos(cfg, targets, fetcher, dry_run=dry_run)
-    _log_summary("repos", "changed", results)
-    return [(r.error, r.exit_code) for r in results if r.error]
 
 
 def _render_node_files(cfg: Config) -> list[tuple[str, int]]:
@@ -223,44 +177,6 @@ def _node_file_inputs(cfg: Config) -> str:
     for record in state.load_all(cfg.state_root, "images"):
         digest.update(f"{record.key} {record.mirrored} {record.digest}\n".encode())
     return digest.hexdigest()
-
-
-def _sync_images(cfg: Config, jobs: list[ImageJob], dry_run: bool) -> list[tuple[str, int]]:
-    from mirror.images.registry import ensure_registry
-    from mirror.images.sync import sync_images
-
-    try:
-        # A sync from cron must not fail because the web service (and with it the
-        # embedded registry) is down: ensure_registry starts it for the duration.
-        with ensure_registry(cfg):
-            results = sync_images(cfg, jobs, dry_run=dry_run)
-    except MirrorError as exc:  # registry missing or unreachable: every image failed
-        log.error("%s", exc)
-        return [(f"images: {exc}", exc.exit_code)]
-    _log_summary("images", "copied", results)
-    return [(r.error, EXIT_SYNC_FAILED) for r in results if r.error]
-
-
-class _Outcome(Protocol):
-    @property
-    def error(self) -> str | None: ...
-    @property
-    def changed(self) -> bool: ...
-
-
-def _log_summary(kind: str, verb: str, results: Sequence[_Outcome]) -> None:
-    ok = [r for r in results if not r.error]
-    changed = sum(1 for r in ok if r.changed)
-    unchanged, failed = len(ok) - changed, len(results) - len(ok)
-    log.info(
-        "%s: %d ok (%d %s, %d unchanged), %d failed",
-        kind,
-        len(ok),
-        changed,
-        verb,
-        unchanged,
-        failed,
-    )
 
 
 @main.command()
@@ -349,32 +265,17 @@ def images_list(obj: _Ctx, version: str | None, mirrored: bool) -> None:
 @_handle_errors
 def status(obj: _Ctx, as_json: bool) -> None:
     """What is mirrored, when, and the last errors."""
+    from mirror.content import report
+
     cfg = obj.cfg
-    repos = state.load_all(cfg.state_root, "repos")
-    imgs = state.load_all(cfg.state_root, "images")
     if as_json:
-        doc = {"repos": [asdict(r) for r in repos], "images": [asdict(i) for i in imgs]}
+        doc = report.status_document(cfg, check_registry=False)
         click.echo(json.dumps(doc, indent=2))
-        sys.exit(EXIT_OK if all(r.ok for r in [*repos, *imgs]) else EXIT_SYNC_FAILED)
-    if not repos:
-        click.echo(f"nothing synced yet into {cfg.data_dir}")
-    for r in repos:
-        size = human_bytes(r.bytes) if r.bytes is not None else "-"
-        flag = "ok" if r.ok else "FAILED"
-        click.echo(
-            f"{r.key:40} {flag:6} packages={r.packages if r.packages is not None else '-':<6} "
-            f"size={size:>10} last_success={r.last_success or 'never'}"
-        )
-        if r.last_error:
-            click.echo(f"{'':40} last error: {r.last_error}")
-    for i in imgs:
-        flag = "ok" if i.ok else "FAILED"
-        click.echo(
-            f"{i.key:60} {flag:6} {i.digest or '-'}  last_success={i.last_success or 'never'}"
-        )
-        if i.last_error:
-            click.echo(f"{'':60} last error: {i.last_error}")
-    if any(not r.ok for r in [*repos, *imgs]):
+        sys.exit(EXIT_OK if doc["ok"] else EXIT_SYNC_FAILED)
+    lines, ok = report.status_lines(cfg)
+    for line in lines:
+        click.echo(line)
+    if not ok:
         sys.exit(EXIT_SYNC_FAILED)
 
 

@@ -85,6 +85,10 @@ class RepoTarget:
         return tuple(expand(u, dict(self.values)) for u in self.definition.baseurls)
 
     @property
+    def upstream(self) -> str:  # for status and messages (mirror.content.kind.Item)
+        return self.baseurls[0]
+
+    @property
     def gpgkeys(self) -> tuple[str, ...]:
         return tuple(expand(u, dict(self.values)) for u in self.definition.gpgkeys)
 

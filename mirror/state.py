@@ -1,21 +1,22 @@
-"""Sync state on disk: what was mirrored, when, and the last error, per repo target and image.
+"""Sync state on disk: one typed record per mirrored item (repo target, image, file, chart).
 
-One small JSON file per item under data_dir/state/, written atomically and durably
+One small JSON file per item under data_dir/state/<kind>/, written atomically and durably
 (mirror.fsutil), so `mirror status`, the web app and a running sync never see a half-written
-record, not even after a crash or a power loss.
+record, not even after a crash or a power loss. Every kind's record extends `Record`; which
+class a kind uses is declared once, in mirror.content.KINDS.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 from mirror import fsutil
 
-Kind = Literal["repos", "images"]
+R = TypeVar("R", bound="Record")
 
 
 def now_iso() -> str:
@@ -23,8 +24,8 @@ def now_iso() -> str:
 
 
 @dataclass
-class ItemState:
-    """One repo target (key 'docker-ce-stable/9/x86_64') or one image (its upstream ref)."""
+class Record:
+    """What every kind records about one item."""
 
     key: str
     upstream: str = ""
@@ -32,23 +33,33 @@ class ItemState:
     last_success: str | None = None
     last_error: str | None = None
     duration_s: float | None = None
-    # repos: packages and bytes published; images: digest and platforms in the registry
-    packages: int | None = None
-    bytes: int | None = None
-    digest: str | None = None
-    mirrored: str | None = None
-    platforms: list[str] = field(default_factory=list)
-    fingerprint: str | None = None  # what was synced: upstream repomd hash + filter
+    fingerprint: str | None = None  # what was synced (e.g. upstream repomd hash + filter)
 
     @property
     def ok(self) -> bool:
         return self.last_success is not None and self.last_error is None
 
 
-def _from_dict(data: dict[str, Any]) -> ItemState:
-    """Fields this version knows; a state file written by a newer one still loads."""
-    known = set(ItemState.__dataclass_fields__)
-    return ItemState(**{k: v for k, v in data.items() if k in known})
+@dataclass
+class RepoRecord(Record):
+    packages: int | None = None  # published
+    bytes: int | None = None
+
+
+@dataclass
+class ImageRecord(Record):
+    digest: str | None = None  # what every mirrored name resolves to
+    mirrored: list[str] = field(default_factory=list)  # names in our registry
+    platforms: list[str] = field(default_factory=list)
+
+
+def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+    """Fields this version knows; a state file written by a newer (or older) one still loads."""
+    known = {f.name for f in fields(cls)}
+    values = {k: v for k, v in data.items() if k in known}
+    if isinstance(values.get("mirrored"), str):  # written before records were typed
+        values["mirrored"] = values["mirrored"].split()
+    return cls(**values)
 
 
 def keyed_file(directory: Path, key: str) -> Path:
@@ -57,33 +68,39 @@ def keyed_file(directory: Path, key: str) -> Path:
     return directory / f"{safe}.json"
 
 
-def _file(root: Path, kind: Kind, key: str) -> Path:
-    return keyed_file(root / kind, key)
+def record_type(kind: str) -> type[Record]:
+    from mirror.content import record_type as declared
+
+    return declared(kind)
 
 
-def load(root: Path, kind: Kind, key: str) -> ItemState:
+def load(root: Path, kind: str, key: str) -> Any:
+    """The record of `key` (the kind's record class), or a fresh one."""
+    cls = record_type(kind)
     try:
-        data: dict[str, Any] = json.loads(_file(root, kind, key).read_text())
+        data: dict[str, Any] = json.loads(keyed_file(root / kind, key).read_text())
     except (FileNotFoundError, ValueError):
-        return ItemState(key=key)
-    return _from_dict(data)
+        return cls(key=key)
+    return from_dict(cls, data)
 
 
-def save(root: Path, kind: Kind, state: ItemState) -> None:
+def save(root: Path, kind: str, record: Record) -> None:
     fsutil.atomic_write_text(
-        _file(root, kind, state.key), json.dumps(asdict(state), indent=2, sort_keys=True)
+        keyed_file(root / kind, record.key), json.dumps(asdict(record), indent=2, sort_keys=True)
     )
 
 
-def load_all(root: Path, kind: Kind) -> list[ItemState]:
+def load_all(root: Path, kind: str) -> list[Any]:
+    cls = record_type(kind)
     directory = root / kind
     if not directory.is_dir():
         return []
-    states = []
+    records = []
     for path in sorted(directory.glob("*.json")):
         try:
             data = json.loads(path.read_text())
-        except ValueError:
+        except (OSError, ValueError):
             continue
-        states.append(_from_dict(data))
-    return states
+        if isinstance(data, dict) and isinstance(data.get("key"), str):
+            records.append(from_dict(cls, data))
+    return records

@@ -124,7 +124,7 @@ def test_sync_all_platforms_then_noop_resync(
                 assert json.loads(raw)["mediaType"] == manifest.OCI_INDEX_TYPE
         record = state.load(cfg.state_root, "images", coredns.source.upstream)
         assert record.ok and record.digest == pristine.digests[coredns.source.upstream]
-        assert record.mirrored == " ".join(coredns.destinations) and record.duration_s
+        assert record.mirrored == list(coredns.destinations) and record.duration_s
         assert record.platforms == ["linux/amd64", "linux/arm64"]
 
         # No-op resync: one manifest HEAD per image upstream (Docker Hub counts no pull), one

@@ -25,9 +25,9 @@ def test_status_page_in_chromium(mirror: Mirror, tmp_path: Path) -> None:
     state.save(
         mirror.data / "state",
         "images",
-        state.ItemState(
+        state.ImageRecord(
             key="docker.io/calico/node:v3.26.1",
-            mirrored="127.0.0.1:5000/docker.io/calico/node:v3.26.1",
+            mirrored=["127.0.0.1:5000/docker.io/calico/node:v3.26.1"],
             digest="sha256:" + "ab" * 32,
             platforms=["linux/amd64"],
             last_attempt=state.now_iso(),

@@ -162,6 +162,14 @@ class ImageJob:
     source: ImageRef
     destinations: tuple[str, ...]
 
+    @property
+    def key(self) -> str:  # its state record's key (mirror.content.kind.Item)
+        return self.source.upstream
+
+    @property
+    def upstream(self) -> str:
+        return self.source.upstream
+
 
 def kubeadm_refs(version: str) -> list[ImageRef]:
     return [parse_reference(r) for r in kubeadm_images.image_set(version).images()]

@@ -25,22 +25,21 @@ Platforms (see mirror.images.skopeo for what skopeo 1.9 can do):
 - references pinned by digest (`repo@sha256:...`, `repo:tag@sha256:...`) are always copied whole,
   so the pinned digest resolves in our registry.
 
-Images are independent: ThreadPoolExecutor with cfg.image_workers; a failing image is recorded
-in its ImageResult.error and its state and does not stop the others; what was mirrored before
-stays in the registry. The caller provides the registry (`with ensure_registry(cfg): ...`).
+Images are independent: the one runner (mirror.content.runner) syncs cfg.image_workers at once;
+a failing image is recorded in its ImageResult.error and its state and does not stop the
+others; what was mirrored before stays in the registry.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mirror import state
 from mirror.config import Config
-from mirror.errors import ConfigError, ImageSyncError, MirrorError
+from mirror.errors import ConfigError, ImageSyncError
 from mirror.http import Fetcher
 from mirror.images import manifest, registries_conf, skopeo
 from mirror.images.manifest import Platform
@@ -48,7 +47,6 @@ from mirror.images.refs import ImageJob, ImageRef
 from mirror.images.regapi import RegistryAPI
 from mirror.images.regauth import AuthFile
 from mirror.images.skopeo import Endpoint, SkopeoError
-from mirror.progress import progress_for
 
 log = logging.getLogger("mirror.images")
 PROBE_TIMEOUT = 10.0  # the /v2/ ping only picks a scheme; the real requests wait longer
@@ -116,7 +114,7 @@ def _mode(ref: ImageRef, wanted: list[Platform] | None) -> Platform | None:
 
 
 def _from_state(
-    ref: ImageRef, one: Platform | None, fingerprint: str, previous: state.ItemState
+    ref: ImageRef, one: Platform | None, fingerprint: str, previous: state.ImageRecord
 ) -> Resolved | None:
     """What the last successful sync resolved the same upstream digest to, if it did: the
     digest names the document, so the outcome is the same without reading it again."""
@@ -134,7 +132,7 @@ def resolve(
     api: RegistryAPI,
     ref: ImageRef,
     wanted: list[Platform] | None,
-    previous: state.ItemState | None = None,
+    previous: state.ImageRecord | None = None,
 ) -> Resolved:
     """Stage 1: one manifest request upstream (two when the tag moved since the last sync)."""
     image = ref.upstream
@@ -240,7 +238,7 @@ def sync_image(
     job: ImageJob,
     wanted: list[Platform] | None,
     dry_run: bool,
-    previous: state.ItemState | None = None,
+    previous: state.ImageRecord | None = None,
 ) -> tuple[ImageResult, Resolved]:
     """Stages 1-3 for one image; raises MirrorError on failure."""
     image = job.source.upstream
@@ -262,73 +260,62 @@ def sync_image(
     return result, resolved
 
 
-def _run_one(
-    cfg: Config, api: RegistryAPI, job: ImageJob, wanted: list[Platform] | None, dry_run: bool
-) -> ImageResult:
-    """One image, recorded in state; every failure becomes ImageResult.error."""
-    started = time.monotonic()
-    image = job.source.upstream
-    record = state.load(cfg.state_root, "images", image)
-    record.upstream = image
-    record.last_attempt = state.now_iso()
+@dataclass
+class ImageSession:
+    """What the images of one run share: the registry API client and the platform choice."""
+
+    cfg: Config
+    api: RegistryAPI
+    wanted: list[Platform] | None
+
+
+@contextmanager
+def image_session(cfg: Config, workers: int) -> Iterator[ImageSession]:
+    """Fails every image alike (EnvironmentProblem: no skopeo; ConfigError: bad platforms)."""
+    skopeo.binary()  # no skopeo: one clear error instead of one per image
+    wanted = wanted_platforms(cfg)
+    fetcher = Fetcher(timeout=cfg.http_timeout, retries=cfg.http_retries, parallel=workers)
+    # Pings that fail only mean "try the other scheme": no retries, no long wait.
+    probe = Fetcher(timeout=min(cfg.http_timeout, PROBE_TIMEOUT), retries=0, parallel=1)
     try:
-        result, resolved = sync_image(cfg, api, job, wanted, dry_run, record)
-    except MirrorError as exc:
-        message = str(exc) if isinstance(exc, ImageSyncError) else f"image {image}: {exc}"
-        log.error("%s", message)
-        result = ImageResult(image, job.destinations, None, False, message)
-        record.last_error = message
-    except OSError as exc:  # e.g. cannot start skopeo: name the image, keep going
-        message = f"image {image}: {exc.strerror or exc}"
-        log.error("%s", message)
-        result = ImageResult(image, job.destinations, None, False, message)
-        record.last_error = message
-    else:
-        record.digest = result.digest
-        record.mirrored = " ".join(job.destinations)
-        record.platforms = list(result.platforms)
-        record.fingerprint = resolved.fingerprint
-        record.last_success = state.now_iso()
-        record.last_error = None
-    record.duration_s = round(time.monotonic() - started, 3)
-    if not dry_run:
-        state.save(cfg.state_root, "images", record)
+        yield ImageSession(cfg, open_api(cfg, fetcher, probe), wanted)
+    finally:
+        fetcher.close()
+        probe.close()
+
+
+def sync_one(
+    session: ImageSession, job: ImageJob, record: state.ImageRecord, dry_run: bool
+) -> ImageResult:
+    """One image through stages 1-3; its record gets what the destinations now hold."""
+    result, resolved = sync_image(session.cfg, session.api, job, session.wanted, dry_run, record)
+    record.digest = result.digest
+    record.mirrored = list(job.destinations)
+    record.platforms = list(result.platforms)
+    record.fingerprint = resolved.fingerprint
     return result
 
 
 def sync_images(cfg: Config, jobs: Sequence[ImageJob], dry_run: bool = False) -> list[ImageResult]:
-    """Mirror every job into cfg.registry.url; results in job order. Needs a registry
-    answering there (`with ensure_registry(cfg): sync_images(cfg, jobs)`).
+    """Mirror every job into cfg.registry.url through the one runner; results in job order.
+    Needs a registry answering there (`mirror sync` brings one up: mirror.images.kind).
 
-    Raises only for what fails every image alike (EnvironmentProblem: no skopeo binary;
-    ConfigError: bad `platforms`); per-image problems are in the results and the state.
-    """
+    Raises only for what fails every image alike (EnvironmentProblem, ConfigError); per-image
+    problems are in the results and the state."""
+    from mirror.content.kind import SyncRequest
+    from mirror.content.runner import run_items
+    from mirror.images.kind import KIND
+
     if not jobs:
         return []
-    skopeo.binary()  # no skopeo: one clear error instead of one per image
-    wanted = wanted_platforms(cfg)
-    workers = max(1, min(cfg.image_workers, len(jobs)))
-    fetcher = Fetcher(timeout=cfg.http_timeout, retries=cfg.http_retries, parallel=workers)
-    # Pings that fail only mean "try the other scheme": no retries, no long wait.
-    probe = Fetcher(timeout=min(cfg.http_timeout, PROBE_TIMEOUT), retries=0, parallel=1)
-    progress = progress_for("images", len(jobs), 0)
-    results: dict[int, ImageResult] = {}
-    try:
-        api = open_api(cfg, fetcher, probe)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image") as pool:
-            futures = {
-                pool.submit(_run_one, cfg, api, job, wanted, dry_run): i
-                for i, job in enumerate(jobs)
-            }
-            for future in as_completed(futures):
-                i = futures[future]
-                results[i] = future.result()
-                progress.item_done(jobs[i].source.upstream)
-    finally:
-        progress.close()
-        fetcher.close()
-        probe.close()
-    return [results[i] for i in range(len(jobs))]
+    with image_session(cfg, KIND.workers(cfg, jobs)) as session:
+        done = run_items(cfg, KIND, session, jobs, SyncRequest(dry_run=dry_run))
+    return [
+        ImageResult(job.source.upstream, job.destinations, None, False, item.error)
+        if item.error or not isinstance(item.detail, ImageResult)
+        else item.detail
+        for job, item in zip(jobs, done, strict=True)
+    ]
 
 
 def mirrored_images(cfg: Config) -> list[tuple[str, str, str]]:
@@ -338,6 +325,6 @@ def mirrored_images(cfg: Config) -> list[tuple[str, str, str]]:
     for record in state.load_all(cfg.state_root, "images"):
         if not (record.last_success and record.digest and record.mirrored):
             continue
-        for name in record.mirrored.split():
+        for name in record.mirrored:
             rows.append((record.upstream or record.key, name, record.digest))
     return sorted(rows)

@@ -18,13 +18,12 @@ from typing import Any
 from filelock import FileLock, Timeout
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
 
-from mirror import __version__, nodeconfig, state
 from mirror.config import Config
+from mirror.content import report
 
 bp = Blueprint("status", __name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = report.SCHEMA_VERSION
 
 
 def _cfg() -> Config:
@@ -32,74 +31,9 @@ def _cfg() -> Config:
     return cfg
 
 
-def _ts(iso: str | None) -> float | None:
-    return datetime.fromisoformat(iso).timestamp() if iso else None
-
-
-def registry_health(cfg: Config) -> dict[str, Any]:
-    from mirror.images.registry import registry_answers
-
-    started = time.monotonic()
-    up = registry_answers(cfg.registry.url, cfg.registry.tls_verify)
-    return {
-        "url": cfg.registry.url,
-        "embedded": cfg.registry.embedded,
-        "up": up,
-        "checked_in_ms": round((time.monotonic() - started) * 1000),
-    }
-
-
 def collect_status(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
-    """The documented /api/status document (schema in mirror/web/status_schema.json)."""
-    repos = [
-        {
-            "key": r.key,
-            "repo_id": r.key.split("/")[0],
-            "upstream": r.upstream,
-            "packages": r.packages,
-            "bytes": r.bytes,
-            "last_attempt": r.last_attempt,
-            "last_success": r.last_success,
-            "last_error": r.last_error,
-            "duration_s": r.duration_s,
-            "ok": r.ok,
-        }
-        for r in state.load_all(cfg.state_root, "repos")
-    ]
-    images = [
-        {
-            "upstream": i.key,
-            "mirrored": i.mirrored,
-            "digest": i.digest,
-            "platforms": i.platforms,
-            "last_attempt": i.last_attempt,
-            "last_success": i.last_success,
-            "last_error": i.last_error,
-            "duration_s": i.duration_s,
-            "ok": i.ok,
-        }
-        for i in state.load_all(cfg.state_root, "images")
-    ]
-    version = nodeconfig.default_version(cfg) if cfg.kubernetes_versions else None
-    base = cfg.base_url
-    commands = {
-        "repo_file": f"curl -o /etc/yum.repos.d/mirror.repo {base}/repofiles/mirror.repo",
-        "bootstrap": f"curl -fsS {base}/bootstrap.sh | sudo bash -s -- --runtime containerd",
-    }
-    if version:
-        commands["kubeadm_init"] = f"kubeadm init --config <(curl -fsS {base}/kubeadm/config.yaml)"
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "mirror_version": __version__,
-        "generated_at": state.now_iso(),
-        "base_url": base,
-        "kubernetes_version": version,
-        "registry": registry_health(cfg) if check_registry else None,
-        "repos": repos,
-        "images": images,
-        "commands": commands,
-        "ok": all(r["ok"] for r in repos) and all(i["ok"] for i in images),
-    }
+    """The documented /api/status document (one renderer for every view: mirror.content)."""
+    return report.status_document(cfg, check_registry)
 
 
 # --- page ---------------------------------------------------------------------------------
@@ -142,54 +76,7 @@ class StateCollector:
         self.cfg = cfg
 
     def collect(self) -> Any:
-        s = collect_status(self.cfg, check_registry=False)
-        g = GaugeMetricFamily
-        repo_success = g(
-            "mirror_repo_last_success_timestamp_seconds",
-            "Last successful sync of a repo target",
-            labels=["repo"],
-        )
-        repo_ok = g(
-            "mirror_repo_sync_ok", "1 if the last sync of the repo succeeded", labels=["repo"]
-        )
-        repo_pkgs = g("mirror_repo_packages", "Packages published", labels=["repo"])
-        repo_bytes = g("mirror_repo_bytes", "Bytes of packages published", labels=["repo"])
-        repo_dur = g(
-            "mirror_repo_sync_duration_seconds", "Duration of the last sync", labels=["repo"]
-        )
-        for r in s["repos"]:
-            labels = [r["key"]]
-            repo_ok.add_metric(labels, 1.0 if r["ok"] else 0.0)
-            if (ts := _ts(r["last_success"])) is not None:
-                repo_success.add_metric(labels, ts)
-            if r["packages"] is not None:
-                repo_pkgs.add_metric(labels, r["packages"])
-            if r["bytes"] is not None:
-                repo_bytes.add_metric(labels, r["bytes"])
-            if r["duration_s"] is not None:
-                repo_dur.add_metric(labels, r["duration_s"])
-        img_success = g(
-            "mirror_image_last_success_timestamp_seconds",
-            "Last successful sync of an image",
-            labels=["image"],
-        )
-        img_ok = g(
-            "mirror_image_sync_ok", "1 if the last sync of the image succeeded", labels=["image"]
-        )
-        img_dur = g(
-            "mirror_image_sync_duration_seconds",
-            "Duration of the last image sync",
-            labels=["image"],
-        )
-        for i in s["images"]:
-            labels = [i["upstream"]]
-            img_ok.add_metric(labels, 1.0 if i["ok"] else 0.0)
-            if (ts := _ts(i["last_success"])) is not None:
-                img_success.add_metric(labels, ts)
-            if i["duration_s"] is not None:
-                img_dur.add_metric(labels, i["duration_s"])
-        yield from (repo_success, repo_ok, repo_pkgs, repo_bytes, repo_dur)
-        yield from (img_success, img_ok, img_dur)
+        yield from report.metric_families(self.cfg)
 
 
 @bp.get("/metrics")

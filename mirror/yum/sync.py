@@ -1,7 +1,9 @@
 """A repo sync as named stages: fetch metadata -> plan -> download -> publish.
 
 Data flows one way: each stage takes what the previous one returned. A failure in any stage
-raises a RepoSyncError for that target; its published copy is left exactly as it was.
+raises for that target (RepoSyncError, or an OSError for local trouble); its published copy is
+left exactly as it was. The per-target loop, state and errors are mirror.content.runner's
+(mirror.yum.kind makes repos a kind of content).
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ import hashlib
 import logging
 import shutil
 import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mirror import fsutil, gpg, state
 from mirror.config import Config
-from mirror.errors import LocalDiskError, MirrorError, RepoSyncError
-from mirror.http import Fetcher, FetchError, LocalWriteError, RequestOptions
+from mirror.errors import RepoSyncError
+from mirror.http import Fetcher, FetchError, RequestOptions
 from mirror.progress import human_bytes
 from mirror.repofile import RepoTarget
-from mirror.retry import local_reason
 from mirror.yum import publish
 from mirror.yum.checksums import ChecksumCache
 from mirror.yum.download import download_packages
@@ -49,9 +48,7 @@ class RepoResult:
     downloaded: int = 0
     downloaded_bytes: int = 0
     total_bytes: int | None = None  # size of the published packages
-    error: str | None = None
     fingerprint: str | None = None  # of what is now published; see _fingerprint
-    exit_code: int = 0  # of the error: 1 for a sync failure, 3 for a missing program
 
 
 def _options(target: RepoTarget) -> RequestOptions:
@@ -127,7 +124,15 @@ def staging_dir(cfg: Config, target: RepoTarget) -> Path:
     return cfg.data_dir / ".staging" / "repos" / target.key
 
 
-def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool) -> RepoResult:
+def sync_target(
+    cfg: Config,
+    target: RepoTarget,
+    fetcher: Fetcher,
+    dry_run: bool,
+    previous: state.RepoRecord | None = None,
+) -> RepoResult:
+    """Stages 1-6 for one repo target; raises MirrorError (or OSError, LocalWriteError) on
+    failure, leaving the published copy as it was. `previous`: its record of the last run."""
     d = target.definition
     opts = _options(target)
     published = publish_dir(cfg, target)
@@ -137,7 +142,8 @@ def sync_target(cfg: Config, target: RepoTarget, fetcher: Fetcher, dry_run: bool
     publish.refuse_symlinks(
         target.key, cfg.data_dir, [staging, cfg.repos_root.joinpath(*target.subpath)]
     )
-    previous = state.load(cfg.state_root, "repos", target.key)
+    if previous is None:
+        previous = state.load(cfg.state_root, "repos", target.key)
     keyfile = key_path(cfg, d.id)
 
     # Stage 1: repomd.xml. When it is what we published from last time, we are done.
@@ -282,70 +288,3 @@ def _publish(
     removed = publish.publish(published, generation, record)
     if removed:
         log.info("%s: removed %d files no longer in the repo", target.key, removed)
-
-
-def _as_sync_error(cfg: Config, key: str, exc: Exception) -> MirrorError:
-    """Every failure of one target as a MirrorError; local disk errors as LocalDiskError."""
-    if isinstance(exc, MirrorError):
-        return exc
-    error, where = (exc.error, exc.path) if isinstance(exc, LocalWriteError) else (exc, None)
-    if isinstance(error, OSError):
-        where = where or error.filename or cfg.data_dir
-        reason = local_reason(error)
-        if reason is not None:
-            return LocalDiskError(key, reason, str(where))
-        return RepoSyncError(key, f"{error.strerror or error} ({where})")
-    return RepoSyncError(key, str(exc))
-
-
-def sync_repos(
-    cfg: Config, targets: Sequence[RepoTarget], fetcher: Fetcher, dry_run: bool = False
-) -> list[RepoResult]:
-    """Sync every target; one failing does not stop the others, except a local disk error
-    (disk full, read-only, ...), which stops every target after it: they share data_dir."""
-    results = []
-    disk_error: LocalDiskError | None = None
-    for target in targets:
-        if disk_error is not None:
-            message = f"repo {target.key}: not attempted: {disk_error.reason} under data_dir"
-            log.error("%s", message)
-            results.append(RepoResult(target.key, False, error=message, exit_code=1))
-            continue
-        started = time.monotonic()
-        record = state.load(cfg.state_root, "repos", target.key)
-        record.upstream = target.baseurls[0]
-        record.last_attempt = state.now_iso()
-        try:
-            result = sync_target(cfg, target, fetcher, dry_run)
-        except (MirrorError, LocalWriteError, OSError) as exc:
-            error = _as_sync_error(cfg, target.key, exc)
-            log.error("%s", error)
-            result = RepoResult(target.key, False, error=str(error), exit_code=error.exit_code)
-            record.last_error = str(error)
-            # Metadata in staging is fetched anew by every run; packages stay for a resume.
-            for leftover in ("meta", "generated"):
-                shutil.rmtree(staging_dir(cfg, target) / leftover, ignore_errors=True)
-            if isinstance(error, LocalDiskError):
-                disk_error = error
-                # Staging only holds what a later run could resume; on a full disk it is
-                # what keeps the disk full, so it goes (published trees are untouched).
-                shutil.rmtree(cfg.data_dir / ".staging", ignore_errors=True)
-        else:
-            if not dry_run:
-                record.fingerprint = result.fingerprint
-                record.last_success = state.now_iso()
-                record.last_error = None
-                record.packages = result.packages
-                record.bytes = result.total_bytes
-        record.duration_s = round(time.monotonic() - started, 3)
-        if not dry_run:
-            _save_state(cfg, record)
-        results.append(result)
-    return results
-
-
-def _save_state(cfg: Config, record: state.ItemState) -> None:
-    try:
-        state.save(cfg.state_root, "repos", record)
-    except OSError as exc:  # the previous state file stays intact (atomic write)
-        log.error("repo %s: state not saved: %s", record.key, exc.strerror or exc)

@@ -1,0 +1,83 @@
+"""The protocol every kind of content implements; the runner does everything else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mirror.config import Config
+from mirror.state import Record
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """What the command line asked for."""
+
+    dry_run: bool = False
+    repo_ids: tuple[str, ...] = ()  # `--repo ID`: only these repos (and no other kind)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What sync_one did: `changed` when something was (or, in a dry run, would be) copied."""
+
+    changed: bool
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+    detail: Any = None  # the kind's own result, for its programmatic callers
+
+
+class Item(Protocol):
+    @property
+    def key(self) -> str: ...  # the state file's key, unique within the kind
+
+    @property
+    def upstream(self) -> str: ...  # where it comes from, for status and messages
+
+
+class Kind(Protocol):
+    @property
+    def name(self) -> str: ...  # "repos": `--only repos`, state/repos/, /api/status "repos"
+
+    @property
+    def label(self) -> str: ...  # "repo": first word of every error ("repo kubernetes: ...")
+
+    @property
+    def record_type(self) -> type[Record]: ...
+
+    @property
+    def gauges(self) -> dict[str, str]: ...  # extra /metrics: "packages" -> mirror_repo_packages
+
+    def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
+        """Everything wanted, validated (ConfigError on bad input, before the lock)."""
+        ...
+
+    def workers(self, cfg: Config, items: Sequence[Any]) -> int:
+        """How many items sync at once (1: in order)."""
+        ...
+
+    def session(self, cfg: Config, dry_run: bool) -> AbstractContextManager[Any]:
+        """Shared resources for one run (HTTP client, registry); MirrorError fails the kind."""
+        ...
+
+    def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
+        """Sync one item; set the kind's own fields of `record`; raise on failure."""
+        ...
+
+    def cleanup_failed(self, cfg: Config, item: Any, error: Exception) -> None:
+        """After a failure: drop what a rerun cannot reuse (e.g. fetched metadata); on a
+        local disk error (mirror.errors.LocalDiskError) also what only keeps the disk full."""
+        ...
+
+    def describe(self, cfg: Config, record: Any) -> dict[str, Any]:
+        """One record for /api/status (its schema) and the status page."""
+        ...
+
+    def gauge_values(self, record: Any) -> dict[str, float | None]:
+        """Values of `gauges` for one record (None: not known, left out)."""
+        ...
+
+    def status_line(self, record: Any) -> str:
+        """One line of `mirror status`."""
+        ...

@@ -1,0 +1,75 @@
+"""Images as a kind of content (mirror.content): the kubeadm sets, images.txt and what else
+the config asks for, copied into the registry by mirror.images.sync."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from mirror import state
+from mirror.config import Config
+from mirror.content.kind import Outcome, SyncRequest
+
+
+class ImageKind:
+    name = "images"
+    label = "image"
+    record_type = state.ImageRecord
+    gauges: dict[str, str] = {}
+
+    def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
+        if request.repo_ids:  # `--repo ID` narrows the sync to those repos
+            return []
+        from mirror import nodeconfig
+
+        return nodeconfig.image_jobs(cfg)
+
+    def workers(self, cfg: Config, items: Sequence[Any]) -> int:
+        return max(1, min(cfg.image_workers, len(items)))
+
+    @contextmanager
+    def session(self, cfg: Config, dry_run: bool) -> Iterator[Any]:
+        from mirror.images.registry import ensure_registry
+        from mirror.images.sync import image_session
+
+        # A sync from cron must not fail because the web service (and with it the embedded
+        # registry) is down: ensure_registry starts it for the duration.
+        with ensure_registry(cfg), image_session(cfg, cfg.image_workers) as session:
+            yield session
+
+    def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
+        from mirror.images.sync import sync_one
+
+        result = sync_one(session, item, record, request.dry_run)
+        return Outcome(changed=result.changed, detail=result)
+
+    def cleanup_failed(self, cfg: Config, item: Any, error: Exception) -> None:
+        pass  # skopeo leaves nothing of ours behind; the registry keeps what it had
+
+    def describe(self, cfg: Config, record: Any) -> dict[str, Any]:
+        return {
+            "upstream": record.key,
+            "mirrored": " ".join(record.mirrored) or None,
+            "digest": record.digest,
+            "platforms": record.platforms,
+            "last_attempt": record.last_attempt,
+            "last_success": record.last_success,
+            "last_error": record.last_error,
+            "duration_s": record.duration_s,
+            "ok": record.ok,
+        }
+
+    def gauge_values(self, record: Any) -> dict[str, float | None]:
+        return {}
+
+    def status_line(self, record: Any) -> str:
+        flag = "ok" if record.ok else "FAILED"
+        line = f"{record.key:60} {flag:6} {record.digest or '-'}  "
+        line += f"last_success={record.last_success or 'never'}"
+        if record.last_error:
+            line += f"\n{'':60} last error: {record.last_error}"
+        return line
+
+
+KIND = ImageKind()
