@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mirror.charts.config import ChartEntry
 from mirror.errors import ConfigError, UnknownKubernetesVersion
 
 DEFAULT_CONFIG_NAME = "mirror.yaml"
@@ -86,6 +87,7 @@ class Config(_Frozen):
     image_workers: int = Field(default=4, ge=1, le=32)
     # Web service.
     sync_token: str | None = None  # enables POST /api/sync when set
+    charts: tuple[ChartEntry, ...] = ()  # Helm chart repositories (mirror.charts)
 
     @field_validator("base_url")
     @classmethod

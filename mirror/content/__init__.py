@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # version's kubeadm rpm must be mirrored before its image list is needed).
 KINDS: dict[str, str] = {
     "repos": "mirror.yum.kind",
+    "charts": "mirror.charts.kind",
     "images": "mirror.images.kind",
 }
 

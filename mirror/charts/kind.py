@@ -1,0 +1,110 @@
+"""Helm chart repositories as a kind of content (mirror.content): one item per chart
+repository (`<repo-name>`, all its wanted charts), synced by mirror.charts.sync."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mirror.charts.sync import ChartRecord
+from mirror.config import Config
+from mirror.content.kind import Outcome, SyncRequest
+from mirror.errors import LocalDiskError
+from mirror.progress import human_bytes
+
+if TYPE_CHECKING:
+    from mirror.http import Fetcher
+
+
+@dataclass(frozen=True)
+class ChartSession:
+    cfg: Config
+    fetcher: Fetcher
+
+
+class ChartKind:
+    name = "charts"
+    label = "chart"
+    record_type = ChartRecord
+    gauges = {
+        "versions": "Chart versions published",
+        "bytes": "Bytes of chart tarballs published",
+    }
+
+    def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
+        if request.repo_ids:  # `--repo ID` narrows the sync to those yum repos
+            return []
+        from mirror.charts.repos import chart_repos
+
+        return chart_repos(cfg)
+
+    def workers(self, cfg: Config, items: Sequence[Any]) -> int:
+        return 1  # in order; each repo downloads cfg.download_workers tarballs at once
+
+    @contextmanager
+    def session(self, cfg: Config, dry_run: bool) -> Iterator[Any]:
+        from mirror.http import Fetcher
+
+        with Fetcher(
+            parallel=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
+        ) as fetcher:
+            yield ChartSession(cfg, fetcher)
+
+    def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
+        from mirror.charts.sync import sync_repo
+
+        result = sync_repo(session.cfg, session.fetcher, item, record, request.dry_run)
+        if not request.dry_run:
+            record.fingerprint = record.index_sha256
+        return Outcome(changed=result.changed, detail=result)
+
+    def cleanup_failed(self, cfg: Config, item: Any, error: Exception) -> None:
+        from mirror.charts.sync import staging_dir
+
+        # Verified tarballs stay in staging for the next run; on a full disk they are what
+        # keeps it full.
+        if isinstance(error, LocalDiskError):
+            shutil.rmtree(staging_dir(cfg, item), ignore_errors=True)
+
+    def describe(self, cfg: Config, record: Any) -> dict[str, Any]:
+        return {
+            "key": record.key,
+            "repo_name": record.key,
+            "upstream": record.upstream,
+            "index_url": f"{cfg.base_url}/charts/{record.key}/index.yaml",
+            "charts": [
+                {
+                    k: chart.get(k)
+                    for k in ("name", "version", "app_version", "file", "digest", "size", "source")
+                }
+                for chart in record.charts
+            ],
+            "versions": len(record.charts),
+            "bytes": record.bytes,
+            "last_attempt": record.last_attempt,
+            "last_success": record.last_success,
+            "last_error": record.last_error,
+            "duration_s": record.duration_s,
+            "ok": record.ok,
+        }
+
+    def gauge_values(self, record: Any) -> dict[str, float | None]:
+        return {"versions": float(len(record.charts)), "bytes": record.bytes}
+
+    def status_line(self, record: Any) -> str:
+        flag = "ok" if record.ok else "FAILED"
+        size = human_bytes(record.bytes) if record.bytes is not None else "-"
+        names = ", ".join(f"{c.get('name')}-{c.get('version')}" for c in record.charts) or "-"
+        line = (
+            f"chart repo {record.key:29} {flag:6} versions={len(record.charts):<4} "
+            f"size={size:>10} last_success={record.last_success or 'never'}  {names}"
+        )
+        if record.last_error:
+            line += f"\n{'':40} last error: {record.last_error}"
+        return line
+
+
+KIND = ChartKind()
