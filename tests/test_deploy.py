@@ -497,7 +497,13 @@ def test_gunicorn_serves_the_app_with_the_conf(site: Site) -> None:
     metrics = requests.get(f"{base}/metrics", timeout=5).text
     assert "mirror_http_requests" in metrics
     assert any((site.root / "run" / "prometheus").iterdir())
-    assert (site.root / "run" / "gunicorn.ctl").exists() or not _gunicorn_has_control_socket()
+    # gunicorn's arbiter opens its control socket in a thread of its own, a moment after the
+    # workers answer: wait for it rather than race it.
+    control = site.root / "run" / "gunicorn.ctl"
+    deadline = time.monotonic() + 10
+    while not control.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert control.exists() or not _gunicorn_has_control_socket()
 
 
 def _gunicorn_has_control_socket() -> bool:
