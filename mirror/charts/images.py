@@ -23,7 +23,8 @@ from typing import IO, Any
 import yaml
 
 from mirror.config import Config
-from mirror.images.refs import BadReference, ImageRef, parse_reference
+from mirror.discover import normalise_reference
+from mirror.images.refs import BadReference, ImageRef
 
 log = logging.getLogger("mirror")
 
@@ -146,7 +147,7 @@ def _add(
         result.warnings.append(f"charts:{label}: {where}: {path}: templated image {text!r}")
         return
     try:
-        ref = parse_reference(text)
+        ref = normalise_reference(text)
     except BadReference as exc:
         result.warnings.append(f"charts:{label}: {where}: {path}: {exc}")
         return
