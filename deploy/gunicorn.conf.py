@@ -21,19 +21,14 @@ wsgi_app = "mirror.web.wsgi:app"
 
 bind = [os.environ.get("MIRROR_BIND", "127.0.0.1:8080")]
 
-# gthread: dnf, curl and containerd keep connections open; a thread per connection keeps a
-# slow node from holding a whole worker. Requests are mostly sendfile()d files, so a few
-# processes with a few threads each saturate the disk or the NIC long before the CPU.
-# mirror.web.server.BoundedThreadWorker is gthread that gathers each request head without a
-# thread (10 s deadline), so slow or silent clients cannot take all threads; the same worker
-# `mirror serve` runs.
-worker_class = "mirror.web.server.BoundedThreadWorker"
+# The settings `mirror serve` uses too (worker class, timeouts, logs, trusted proxies): one
+# gunicorn configuration for both. gunicorn reads this module's globals.
+from mirror.web.gunicorn_settings import SHARED as _SHARED  # noqa: E402
+
+globals().update(_SHARED)
+
 workers = int(os.environ.get("MIRROR_WORKERS", "4"))
 threads = int(os.environ.get("MIRROR_THREADS", "4"))
-# Large rpms and image blobs over slow links: a worker busy sending must not be killed.
-timeout = 120
-graceful_timeout = 10
-keepalive = 5
 # sendfile ON. /repos/ files go out through wsgi.file_wrapper, i.e. sendfile(2). Careful:
 # gunicorn's `sendfile` is the --no-sendfile switch; ANY value, True included, turns sendfile
 # OFF (gunicorn/config.py: Config.sendfile). None = unset = on (unless $SENDFILE says no).
@@ -44,17 +39,6 @@ sendfile = None
 # in the journal as a worker boot failure, and the unit fails.
 preload_app = False
 
-# Logs go to stdout/stderr, i.e. the journal (`journalctl -u mirror-web`).
-accesslog = "-"
-errorlog = "-"
-loglevel = "info"
-# Combined log format, plus the client nginx saw (X-Forwarded-For) and the time taken in ms.
-access_log_format = (
-    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
-    'xff="%({x-forwarded-for}i)s" %(M)sms'
-)
-# Trust X-Forwarded-* only from nginx on this host.
-forwarded_allow_ips = "127.0.0.1,::1"
 proc_name = "mirror-web"
 
 # systemd's RuntimeDirectory=mirror-web (/run/mirror-web), else a private temp dir.

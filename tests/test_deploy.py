@@ -360,6 +360,9 @@ def test_gunicorn_conf_names_are_gunicorn_settings(
         for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
         if isinstance(t, ast.Name)
     }
+    from mirror.web.gunicorn_settings import SHARED  # what `mirror serve` uses too
+
+    defined |= set(SHARED)
     public = {k: conf[k] for k in defined if not k.startswith("_")}
     assert {"wsgi_app", "bind", "workers", "on_starting", "child_exit"} <= set(public)
     unknown = sorted(set(public) - set(cfg.settings))

@@ -21,11 +21,11 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from mirror.config import Config
+from mirror.web.gunicorn_settings import SHARED
 
 # A request (line, headers and body) must arrive within this many seconds once its first
 # byte did; nginx has the same bound (client_header_timeout / client_body_timeout).
 REQUEST_READ_TIMEOUT = 10.0
-WORKER_CLASS = "mirror.web.server.BoundedThreadWorker"
 
 
 class _DeadlineSocket:
@@ -174,22 +174,7 @@ def gunicorn_options(
 ) -> dict[str, Any]:
     from gunicorn.config import Config as GunicornConfig
 
-    # gthread workers: dnf and curl keep connections open.
-    options: dict[str, Any] = {
-        "bind": bind,
-        "workers": workers,
-        "threads": threads,
-        "worker_class": WORKER_CLASS,
-        "accesslog": "-",
-        "errorlog": "-",
-        # Behind nginx the peer is a unix socket: log the client nginx saw.
-        "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
-        'xff="%({x-forwarded-for}i)s" %(M)sms',
-        "timeout": 120,
-        "graceful_timeout": 10,
-        # No "sendfile" key: it is a store_const setting, so setting it to anything, even
-        # True, turns sendfile off. Left unset, gunicorn uses sendfile(2) for file bodies.
-    }
+    options: dict[str, Any] = {**SHARED, "bind": bind, "workers": workers, "threads": threads}
     # gunicorn 23+ opens a control socket, by default in $HOME/.gunicorn/: keep it with the
     # rest of this run's files (and two `mirror serve` from sharing one).
     if runtime is not None and "control_socket" in GunicornConfig().settings:
