@@ -102,6 +102,9 @@ def _served_index(m: Mirror, name: str) -> tuple[bytes, dict[str, Any]]:
 
 def test_sync_mirrors_charts_and_a_second_sync_is_one_request(charts: Any) -> None:
     m, _repo, up, rel = charts
+    dry = m.sync("--only", "charts", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert not (m.data / "charts").exists()
     result = m.sync("--only", "charts")
     assert result.returncode == 0, result.stderr
     body, index = _served_index(m, "stable")
@@ -124,6 +127,8 @@ def test_sync_mirrors_charts_and_a_second_sync_is_one_request(charts: Any) -> No
     assert rel.count("/download/", "GET") == 1
     status = m.run("status", "--json")
     assert '"charts"' in status.stdout
+    lines = m.run("status").stdout
+    assert "chart repo stable" in lines and "ingress-nginx-4.11.3" in lines, lines
 
     up.clear_log()
     rel.clear_log()
@@ -231,6 +236,17 @@ def test_config_entries_are_validated(mirror: Mirror) -> None:
     mirror.write()
     result = mirror.sync("--only", "charts")
     assert result.returncode == 2 and "repo_name" in result.stderr
+    mirror.extra_config = (
+        "charts:\n  - {repo: 'http://a.example/charts', name: a, newest: 1}\n"
+        "  - {repo: 'http://b.example/charts/', name: b, newest: 1}\n"
+    )
+    mirror.write()
+    result = mirror.sync("--only", "charts")
+    assert result.returncode == 2
+    assert (
+        "charts[1]: repos http://a.example/charts and http://b.example/charts would both "
+        "publish /charts/charts/; set repo_name on one of them" in result.stderr
+    )
 
 
 def test_semver_precedence() -> None:

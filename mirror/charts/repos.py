@@ -54,13 +54,14 @@ def chart_repos(cfg: Config) -> list[ChartRepo]:
     names.update(explicit)
     owners: dict[str, str] = {}
     for url, name in names.items():
+        first = next(i for i, e in enumerate(cfg.charts) if e.repo == url)
         if not SAFE_SEGMENT_RE.match(name) or ".." in name:
             raise ConfigError(
-                _source(cfg, 0), f"repo {url}: cannot derive a repo name from it; set repo_name"
+                _source(cfg, first), f"repo {url}: cannot derive a repo name from it; set repo_name"
             )
         if name in owners:
             raise ConfigError(
-                _source(cfg, 0),
+                _source(cfg, first),
                 f"repos {owners[name]} and {url} would both publish /charts/{name}/; "
                 "set repo_name on one of them",
             )

@@ -106,7 +106,7 @@ def sync_repo(
     if dry_run:
         return SyncResult(changed=bool(jobs) or not same, versions=tuple(versions))
     _download(fetcher, repo, jobs)
-    changed = publish(cfg, repo, versions, record, target) or bool(jobs)
+    changed = publish(cfg, repo, versions, jobs, record, target) or bool(jobs)
     record.spec = spec
     _remember(record, reply.headers, body_sha)
     record.charts = [_summary(v, target) for v in versions]
@@ -170,14 +170,15 @@ def publish(
     cfg: Config,
     repo: ChartRepo,
     versions: list[ChartVersion],
+    downloaded: list[DownloadJob],
     record: ChartRecord,
     target: Path,
 ) -> bool:
     """Tarballs in, index.yaml last, then prune; True when the served index changed."""
     staging = staging_dir(cfg, repo)
     fsutil.ensure_dir(target)
-    moves = [(staging / v.file, target / v.file) for v in versions if (staging / v.file).is_file()]
-    fsutil.durable_move_all(moves)
+    # Only what this run verified: a leftover in staging may be an older build of a name.
+    fsutil.durable_move_all((job.dest, target / job.dest.name) for job in downloaded)
     index_path = target / INDEX
     try:
         before = index_path.read_bytes()
