@@ -279,10 +279,45 @@ def test_scan_reads_subcharts_and_survives_a_bad_tarball(tmp_path: Path) -> None
     )
     (tmp_path / "app.tgz").write_bytes(data)
     found = {(str(r), s) for r, s in scan_chart(tmp_path / "app.tgz", "app-2.0.0").found}
-    assert ("docker.io/bitnami/redis:7", "charts:app-2.0.0 (charts/values.yaml)") in found or any(
-        "bitnami/redis:7" in r for r, _s in found
-    )
+    nested = "charts:app-2.0.0 (charts/redis-1.0.0.tgz/values.yaml)"
+    assert ("docker.io/bitnami/redis:7", nested) in found, found
     assert ("docker.io/library/postgres:16", "charts:app-2.0.0 (charts/pg/values.yaml)") in found
     (tmp_path / "bad.tgz").write_bytes(b"\x1f\x8b" + b"junk" * 100)
     scanned = scan_chart(tmp_path / "bad.tgz", "bad-1")
     assert scanned.found == [] and "cannot read bad.tgz" in scanned.warnings[0]
+
+
+def test_scan_stops_at_the_unpacked_size_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mirror.charts import images
+
+    monkeypatch.setattr(images, "MAX_UNPACKED", 1 << 20)
+    data = chart_tgz("big", "1.0.0", extra={"templates/zeros.yaml": bytes(2 << 20)})
+    (tmp_path / "big.tgz").write_bytes(data)
+    scanned = scan_chart(tmp_path / "big.tgz", "big-1.0.0")
+    assert "unpacks to more than the limit" in scanned.warnings[0], scanned.warnings
+
+
+def test_alias_bomb_in_the_index_is_refused(charts: Any) -> None:
+    m, repo, _up, _rel = charts
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for n in range(1, 9):
+        prev, name = chr(ord("a") + n - 1), chr(ord("a") + n)
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    entry = repo.entries["ingress-nginx"][0]
+    body = (
+        "bomb:\n"
+        + "".join(f"  {line}\n" for line in levels)
+        + (
+            "entries:\n  ingress-nginx:\n"
+            f"  - {{name: ingress-nginx, version: '{entry['version']}', digest: {entry['digest']},"
+            f" urls: [{entry['urls'][0]}], keywords: *i}}\n"
+        )
+    )
+    (repo.root / "index.yaml").write_text(body)
+    started = time.monotonic()
+    result = m.sync("--only", "charts")
+    assert result.returncode == 1
+    assert f"chart stable: ingress-nginx-{entry['version']}: index entry too large" in result.stderr
+    assert time.monotonic() - started < 15

@@ -109,7 +109,7 @@ def _scan(fileobj: IO[bytes], label: str, prefix: str, result: ChartImages, dept
         where = prefix + inner
         if inner.endswith(".tgz"):
             if depth == 0:  # a bundled dependency; one level is what `helm package` makes
-                _scan(io.BytesIO(data), label, posixpath.dirname(where) + "/", result, 1)
+                _scan(io.BytesIO(data), label, where + "/", result, 1)
             continue
         doc = _load(data, label, where, result)
         chart_dir = posixpath.dirname(inner)

@@ -81,7 +81,10 @@ def sync_repo(
 ) -> SyncResult:
     target = charts_root(cfg) / repo.key
     spec = _spec(cfg, repo)
-    live = (target / INDEX).is_file()
+    # Trust "unchanged upstream" only while what the record says is published is there.
+    live = (target / INDEX).is_file() and all(
+        (target / str(chart.get("file"))).is_file() for chart in record.charts
+    )
     same = live and record.spec == spec
     headers: dict[str, str] = {}
     if same and record.etag:
