@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mirror.charts.config import ChartEntry
 from mirror.errors import ConfigError, UnknownKubernetesVersion
+from mirror.files.config import FileEntries
 
 DEFAULT_CONFIG_NAME = "mirror.yaml"
 _HOSTPORT_RE = re.compile(
@@ -87,6 +88,7 @@ class Config(_Frozen):
     image_workers: int = Field(default=4, ge=1, le=32)
     # Web service.
     sync_token: str | None = None  # enables POST /api/sync when set
+    files: FileEntries = ()  # files and manifests to mirror (mirror.files)
     charts: tuple[ChartEntry, ...] = ()  # Helm chart repositories (mirror.charts)
 
     @field_validator("base_url")

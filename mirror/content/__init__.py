@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 KINDS: dict[str, str] = {
     "repos": "mirror.yum.kind",
     "charts": "mirror.charts.kind",
+    "files": "mirror.files.kind",
     "images": "mirror.images.kind",
 }
 

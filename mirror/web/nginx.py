@@ -5,9 +5,10 @@ nginx.conf it generates, `main_config()`) and for `deploy/nginx-mirror.conf`, wh
 module's output for the deploy layout (`python -m mirror.web.nginx > deploy/nginx-mirror.conf`;
 tests/test_deploy.py checks the two agree).
 
-nginx serves from disk: `/repos/` and `/keys/` (published by sync), and the rendered node
-documents under `<data_dir>/www/` (mirror.web.static). Everything else, and any rendered path
-asked for with a query string or not rendered yet, goes to gunicorn.
+nginx serves from disk: `/repos/`, `/keys/`, `/files/` and `/charts/` (published by sync),
+and the rendered node documents under `<data_dir>/www/` (mirror.web.static). Everything
+else, and any rendered path asked for with a query string or not rendered yet, goes to
+gunicorn.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from mirror.files import content_types
 from mirror.web import documents
 from mirror.web.static import WWW_DIR
 
@@ -125,6 +127,39 @@ server {{
         default_type application/octet-stream;
         location ~ "/\\." {{
             return 404;
+        }}
+    }}
+
+    # Mirrored files (<data_dir>/files/, mirror.files) and chart repositories
+    # (<data_dir>/charts/<repo-name>/, mirror.charts): upstream content, so one type table
+    # with nothing a browser would run, and no sniffing; archives never get a Content-Encoding.
+    location ^~ /files/ {{
+        autoindex on;
+        autoindex_exact_size off;
+{_types(_by_type(content_types.MIMETYPES), "        ")}
+        default_type {content_types.DEFAULT};
+        add_header X-Content-Type-Options "nosniff" always;
+        location ~ "/\\.|\\.part$" {{
+            return 404;
+        }}
+    }}
+
+    location ^~ /charts/ {{
+        autoindex on;
+        autoindex_exact_size off;
+{_types(_by_type(content_types.MIMETYPES), "        ")}
+        default_type {content_types.DEFAULT};
+        add_header X-Content-Type-Options "nosniff" always;
+        location ~ "/\\.|\\.part$" {{
+            return 404;
+        }}
+        # index.yaml is rewritten in place by every charts sync (as repomd.xml is): always
+        # revalidated, and no mtime-size ETag that two same-size indexes could share.
+        location ~ "/index\\.yaml$" {{
+            add_header Cache-Control "no-cache" always;
+            add_header X-Content-Type-Options "nosniff" always;
+            etag off;
+            if_modified_since off;
         }}
     }}
 
