@@ -6,6 +6,7 @@ charts reference."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,13 @@ def test_sync_mirrors_charts_and_a_second_sync_is_one_request(charts: Any) -> No
         "ingress-nginx-4.11.3.tgz",
     ]
     assert rel.count("/download/", "GET") == 1
-    status = m.run("status", "--json")
-    assert '"charts"' in status.stdout
+    # Unparsable references in new tarballs: warnings naming chart, file and YAML path.
+    assert "chart stable: ingress-nginx-4.11.3: values.yaml: broken.image: " in result.stderr
+    status = json.loads(m.run("status", "--json").stdout)
+    (row,) = status["charts"]
+    assert row["key"] == "stable" and row["ok"] and row["versions"] == 3
+    assert row["index_url"] == f"{m.base_url}/charts/stable/index.yaml"
+    assert "registry.k8s.io/ingress-nginx/controller:v1.11.3" in row["charts"][0]["images"]
     lines = m.run("status").stdout
     assert "chart repo stable" in lines and "ingress-nginx-4.11.3" in lines, lines
 
@@ -321,3 +327,25 @@ def test_alias_bomb_in_the_index_is_refused(charts: Any) -> None:
     assert result.returncode == 1
     assert f"chart stable: ingress-nginx-{entry['version']}: index entry too large" in result.stderr
     assert time.monotonic() - started < 15
+
+
+def test_api_status_validates_and_metrics_name_the_repo(charts: Any) -> None:
+    import jsonschema
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mirror.web import create_app
+
+    m, *_ = charts
+    assert m.sync("--only", "charts").returncode == 0
+    client = create_app(load_config(m.config)).test_client()
+    status = client.get("/api/status").get_json()
+    schema = Path(__file__).resolve().parent.parent / "mirror/web/status_schema.json"
+    jsonschema.validate(status, json.loads(schema.read_text()))
+    assert [row["key"] for row in status["charts"]] == ["stable"]
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+    }
+    assert samples[("mirror_chart_sync_ok", (("chart", "stable"),))] == 1.0
+    assert samples[("mirror_chart_versions", (("chart", "stable"),))] == 3.0

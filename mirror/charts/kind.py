@@ -25,6 +25,10 @@ class ChartSession:
     fetcher: Fetcher
 
 
+# One published chart version in /api/status ("charts"[].charts[]).
+_CHART_FIELDS = ("name", "version", "app_version", "file", "digest", "size", "source", "images")
+
+
 class ChartKind:
     name = "charts"
     label = "chart"
@@ -59,7 +63,7 @@ class ChartKind:
         result = sync_repo(session.cfg, session.fetcher, item, record, request.dry_run)
         if not request.dry_run:
             record.fingerprint = record.index_sha256
-        return Outcome(changed=result.changed, detail=result)
+        return Outcome(changed=result.changed, warnings=result.warnings, detail=result)
 
     def cleanup_failed(self, cfg: Config, item: Any, error: Exception) -> None:
         from mirror.charts.sync import staging_dir
@@ -75,13 +79,7 @@ class ChartKind:
             "repo_name": record.key,
             "upstream": record.upstream,
             "index_url": f"{cfg.base_url}/charts/{record.key}/index.yaml",
-            "charts": [
-                {
-                    k: chart.get(k)
-                    for k in ("name", "version", "app_version", "file", "digest", "size", "source")
-                }
-                for chart in record.charts
-            ],
+            "charts": [{k: chart.get(k) for k in _CHART_FIELDS} for chart in record.charts],
             "versions": len(record.charts),
             "bytes": record.bytes,
             "last_attempt": record.last_attempt,

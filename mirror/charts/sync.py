@@ -61,6 +61,7 @@ class SyncResult:
     changed: bool
     versions: tuple[ChartVersion, ...] = ()
     downloaded: tuple[str, ...] = ()  # files fetched this run
+    warnings: tuple[str, ...] = ()  # image references in new tarballs that do not parse
 
 
 def charts_root(cfg: Config) -> Path:
@@ -112,9 +113,11 @@ def sync_repo(
     changed = publish(cfg, repo, versions, jobs, record, target) or bool(jobs)
     record.spec = spec
     _remember(record, reply.headers, body_sha)
-    record.charts = [_summary(v, target) for v in versions]
+    fetched = {job.dest.name for job in jobs}
+    warnings: list[str] = []
+    record.charts = [_summary(v, target, warnings if v.file in fetched else None) for v in versions]
     record.bytes = sum(int(c["size"]) for c in record.charts)
-    return SyncResult(changed, tuple(versions), tuple(job.dest.name for job in jobs))
+    return SyncResult(changed, tuple(versions), tuple(sorted(fetched)), tuple(warnings))
 
 
 def _remember(record: ChartRecord, headers: dict[str, str], body_sha: str) -> None:
@@ -123,8 +126,16 @@ def _remember(record: ChartRecord, headers: dict[str, str], body_sha: str) -> No
     record.index_sha256 = body_sha
 
 
-def _summary(version: ChartVersion, target: Path) -> dict[str, Any]:
+def _summary(version: ChartVersion, target: Path, warnings: list[str] | None) -> dict[str, Any]:
+    """What the record (and /api/status) says about one published version. Its images are
+    found once here; a new tarball's unparsable references are warned about once, too."""
+    from mirror.charts.images import scan_chart
+
+    scanned = scan_chart(target / version.file, version.label)
+    if warnings is not None:
+        warnings += [w.removeprefix("charts:") for w in scanned.warnings]
     return {
+        "images": sorted(dict.fromkeys(str(ref) for ref, _source in scanned.found)),
         "name": version.name,
         "version": version.version,
         "app_version": version.entry.get("appVersion"),
