@@ -349,3 +349,23 @@ def test_api_status_validates_and_metrics_name_the_repo(charts: Any) -> None:
     }
     assert samples[("mirror_chart_sync_ok", (("chart", "stable"),))] == 1.0
     assert samples[("mirror_chart_versions", (("chart", "stable"),))] == 3.0
+
+
+def test_missing_versions_and_symlinks_fail_the_repo_clearly(charts: Any, tmp_path: Path) -> None:
+    m, *_ = charts
+    extra = m.extra_config
+    m.extra_config = extra.replace("versions: [v1.15.0]", "versions: [v9.9.9]")
+    m.write()
+    result = m.sync("--only", "charts")
+    assert result.returncode == 1
+    assert "chart stable: cert-manager: version v9.9.9 not in index.yaml (" in result.stderr
+    m.extra_config = extra
+    m.write()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (m.data / "charts").mkdir(parents=True)
+    (m.data / "charts" / "stable").symlink_to(outside)
+    result = m.sync("--only", "charts")
+    assert result.returncode == 1
+    assert "chart stable: refusing to publish: " in result.stderr
+    assert "is a symlink" in result.stderr and list(outside.iterdir()) == []

@@ -42,8 +42,9 @@ class ChartEntry(BaseModel):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s):// URL of a chart repository")
-        if parts.fragment or any(c.isspace() for c in value):
-            raise ValueError("must be a plain http(s) URL (no fragment, no spaces)")
+        # index.yaml is fetched at <repo>/index.yaml: a query or fragment cannot be kept.
+        if parts.query or parts.fragment or any(c.isspace() for c in value):
+            raise ValueError("must be a plain http(s) URL (no query, fragment or spaces)")
         return value.rstrip("/")
 
     @field_validator("name")

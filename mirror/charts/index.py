@@ -138,7 +138,7 @@ def _version_entry(repo: str, index_url: str, name: str, raw: Any) -> ChartVersi
     version = raw["version"]
     label = f"{name}-{version}"
     if not SAFE_VERSION_RE.match(version) or ".." in version:
-        raise ChartSyncError(repo, f"chart {name}: refusing version {version[:80]!r}", index_url)
+        raise ChartSyncError(repo, f"{name}: refusing version {version[:80]!r}", index_url)
     try:
         entry = bounded_copy(raw, [MAX_ENTRY_NODES])
     except (ValueError, RecursionError):
@@ -161,10 +161,10 @@ def select(repo: ChartRepo, entries: dict[str, Any]) -> list[ChartVersion]:
 def _select_chart(repo: ChartRepo, entries: dict[str, Any], wanted: WantedChart) -> list[Any]:
     name = wanted.name
     if not SAFE_SEGMENT_RE.match(name):
-        raise ChartSyncError(repo.key, f"chart {name}: not a plain name", repo.index_url)
+        raise ChartSyncError(repo.key, f"{name}: not a plain chart name", repo.index_url)
     raw = entries.get(name)
     if not isinstance(raw, list) or not raw:
-        raise ChartSyncError(repo.key, f"chart {name}: not in index.yaml", repo.index_url)
+        raise ChartSyncError(repo.key, f"{name}: no such chart in index.yaml", repo.index_url)
     by_version: dict[str, Any] = {}
     for item in raw[:100_000]:
         if isinstance(item, dict) and isinstance(item.get("version"), str):
@@ -173,12 +173,17 @@ def _select_chart(repo: ChartRepo, entries: dict[str, Any], wanted: WantedChart)
     if missing:
         raise ChartSyncError(
             repo.key,
-            f"chart {name}: version {', '.join(missing)} not in index.yaml",
+            f"{name}: version {', '.join(missing)} not in index.yaml",
             repo.index_url,
         )
-    picked = list(wanted.versions) + [
-        v for v in newest(by_version, wanted.newest) if v not in wanted.versions
-    ]
+    latest = newest(by_version, wanted.newest)
+    if wanted.newest and not latest:
+        raise ChartSyncError(
+            repo.key,
+            f"{name}: no release version in index.yaml (name versions exactly)",
+            repo.index_url,
+        )
+    picked = list(wanted.versions) + [v for v in latest if v not in wanted.versions]
     found = [_version_entry(repo.key, repo.index_url, name, by_version[v]) for v in picked]
     return [version for version in found if version is not None]
 
