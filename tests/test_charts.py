@@ -369,3 +369,23 @@ def test_missing_versions_and_symlinks_fail_the_repo_clearly(charts: Any, tmp_pa
     assert result.returncode == 1
     assert "chart stable: refusing to publish: " in result.stderr
     assert "is a symlink" in result.stderr and list(outside.iterdir()) == []
+
+
+def test_a_rerun_after_a_failure_fetches_only_what_was_missing(charts: Any) -> None:
+    m, repo, up, rel = charts
+    cert = repo.entries["cert-manager"][0]
+    good = cert["digest"]
+    cert["digest"] = "f" * 64
+    repo.write_index(mtime=time.time() - 50)
+    result = m.sync("--only", "charts")
+    assert result.returncode == 1 and "cert-manager-v1.15.0: sha256 mismatch" in result.stderr
+    assert not (m.data / "charts" / "stable").exists()  # nothing of a failed repo is published
+    cert["digest"] = good
+    repo.write_index(mtime=time.time())
+    up.clear_log()
+    rel.clear_log()
+    assert m.sync("--only", "charts").returncode == 0
+    # The ingress-nginx tarballs verified by the failed run were kept in staging.
+    assert up.requests == [("GET", "/stable/index.yaml", 200)]
+    assert [path for _m, path, _s in rel.requests] == ["/download/v1.15.0/cert-manager-v1.15.0.tgz"]
+    assert not (m.data / ".staging" / "charts" / "stable").exists()
