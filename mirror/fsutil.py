@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 # Above this many files, one syncfs(2) beats an fsync(2) per file.
@@ -67,6 +67,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def walk(root: Path) -> Iterator[os.DirEntry[str]]:
+    """Every entry below `root`, depth first, never following a symlink. DirEntry carries the
+    file type from the directory read, so callers need no stat per file."""
+    pending = [str(root)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                yield entry
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
 
 
 def is_stale_temp(path: Path) -> bool:

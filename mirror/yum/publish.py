@@ -27,6 +27,7 @@ outside data_dir, so the sync is refused with the path named (refuse_symlinks).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,9 +73,9 @@ def refuse_symlinks(repo: str, data_dir: Path, roots: Iterable[Path]) -> None:
             _refuse_link(repo, path)
         if not path.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(path):  # never follows links
-            for name in (*dirnames, *filenames):
-                _refuse_link(repo, Path(dirpath) / name)
+        for entry in fsutil.walk(path):  # d_type from the directory: no stat per file
+            if entry.is_symlink():
+                _refuse_link(repo, Path(entry.path))
 
 
 def _refuse_link(repo: str, path: Path) -> None:
@@ -256,23 +257,30 @@ def prune(target: Path, keep_packages: set[str] | None, keep_metadata: Iterable[
     """Step 5: remove packages (hrefs; None keeps every one) and metadata files not kept, and
     temp files a killed writer left. Deletions are not fsynced: one undone by a power loss
     only leaves a file the next publish removes again."""
-    keep_meta = {target / h for h in keep_metadata} | {target / REPOMD, target / SIGNATURE}
-    repodata = target / "repodata"
+    keep_meta = {str(target / h) for h in keep_metadata}
+    keep_meta |= {str(target / REPOMD), str(target / SIGNATURE)}
+    repodata, prefix = str(target / "repodata"), str(target) + os.sep
     removed = 0
-    for path in target.rglob("*"):
-        if not path.is_file() or path.is_symlink():
+    directories = []
+    # os.scandir entries carry the file type: a repo of thousands of rpms costs no stat each.
+    for entry in fsutil.walk(target):
+        if entry.is_dir(follow_symlinks=False):
+            directories.append(entry.path)
             continue
-        if fsutil.is_stale_temp(path):
-            drop = True
-        elif path.parent == repodata:
-            drop = path not in keep_meta
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            continue
+        parent, name = os.path.split(entry.path)
+        if fsutil.is_temp_name(name):
+            drop = fsutil.is_stale_temp(Path(entry.path))
+        elif parent == repodata:
+            drop = entry.path not in keep_meta
         else:
-            rel = path.relative_to(target).as_posix()
-            drop = path.suffix == ".rpm" and keep_packages is not None and rel not in keep_packages
+            rel = entry.path.removeprefix(prefix)
+            drop = name.endswith(".rpm") and keep_packages is not None and rel not in keep_packages
         if drop:
-            path.unlink()
+            os.unlink(entry.path)
             removed += 1
-    for directory in sorted((d for d in target.rglob("*") if d.is_dir()), reverse=True):
-        if not directory.is_symlink() and not any(directory.iterdir()):
-            directory.rmdir()
+    for directory in sorted(directories, reverse=True):  # children before their parents
+        with contextlib.suppress(OSError):  # not empty (or gone): keep it
+            os.rmdir(directory)
     return removed
