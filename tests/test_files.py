@@ -327,3 +327,62 @@ def test_a_symlink_planted_in_the_files_tree_is_refused(env: Env, tmp_path: Path
     assert f"file {OPERATOR}: refusing to publish:" in result.stderr
     assert "is a symlink" in result.stderr
     assert list(outside.iterdir()) == []
+
+
+def test_the_status_page_lists_files_with_size_sha256_and_source(env: Env) -> None:
+    _sync_ok(env)
+    page = _app(env).get("/").get_data(as_text=True)
+    digest = hashlib.sha256(env.src["tarball"].read_bytes()).hexdigest()
+    assert '<table id="files">' in page and '<table id="charts">' not in page
+    assert f'href="/files/{TARBALL}"' in page and digest in page
+    assert f"{env.up.url}/helm/helm-v3.16.2-linux-amd64.tar.gz" in page  # the source
+    assert "sha256_url" in page and "1 image found" in page
+
+
+@pytest.mark.parametrize(
+    ("entries", "key", "message"),
+    [
+        (
+            "[{url: 'https://a/x.yaml', path: p.yaml}, {url: 'https://b/y.yaml', path: p.yaml}]",
+            "files",
+            "used by two entries",
+        ),
+        ("[{url: 'https://a/x', path: a}, {url: 'https://a/y', path: a/b}]", "files", "directory"),
+        (
+            "[{url: 'https://a/x', sha256: " + "a" * 64 + ", sha256_url: 'https://a/x.sum'}]",
+            "files.0",
+            "not both",
+        ),
+        ("[{url: 'file:///etc/passwd'}]", "files.0.url", "http"),
+        ("[{url: 'https://a/x', path: /etc/x}]", "files.0.path", "relative"),
+        ("[{url: 'https://a/x', path: 'a\\\\b'}]", "files.0.path", "backslash"),
+        ("[{url: 'https://a/x', path: a/.hidden}]", "files.0.path", "not starting with '.'"),
+        ("[{url: 'https://a/x', sha256: abc}]", "files.0.sha256", "64 hex"),
+        ("[{url: 'https://a/x', shasum: abc}]", "files.0.shasum", "unknown key"),
+    ],
+)
+def test_bad_files_entries_are_config_errors(
+    tmp_path: Path, entries: str, key: str, message: str
+) -> None:
+    from mirror.errors import ConfigError
+
+    config = tmp_path / "mirror.yaml"
+    config.write_text(f"files: {entries}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert f"key '{key}'" in str(caught.value) and message in str(caught.value)
+
+
+def test_defaults_and_sha256sum_formats() -> None:
+    from mirror.files.config import DEFAULT_MAX_SIZE, FileEntry
+    from mirror.files.sync import parse_sha256sum
+
+    entry = FileEntry(url="https://get.helm.sh/helm-v3.16.2-linux-amd64.tar.gz")
+    assert entry.path == "get.helm.sh/helm-v3.16.2-linux-amd64.tar.gz"
+    assert not entry.discover and entry.max_size == DEFAULT_MAX_SIZE == 2 << 30
+    assert FileEntry(url="https://x/a/b.YML").discover
+    digest = "c" * 64
+    assert parse_sha256sum(f"{digest}\n", "anything") == digest
+    assert parse_sha256sum(f"{'0' * 64}  other\n{digest} *helm.tgz\n", "helm.tgz") == digest
+    assert parse_sha256sum(f"SHA256 (helm.tgz) = {digest.upper()}\n", "helm.tgz") == digest
+    assert parse_sha256sum(f"{'0' * 64}  other\n", "helm.tgz") is None

@@ -112,10 +112,11 @@ def sync_file(
         digest = checksum or sha256_of(staged)
         size = staged.stat().st_size
         warnings = _note_digest(entry, record, digest)
-        changed = digest != record.sha256 or not dest.is_file()
+        # Same bytes as published (the record's digest, the live file's size): nothing to do.
+        changed = digest != record.sha256 or _size_of(dest) != size
         if changed:
             fsutil.durable_replace(staged, dest)
-        # else: same bytes as published; the live file keeps its mtime (and nginx its ETag).
+        # else the live file keeps its mtime, and with it nginx's ETag and Last-Modified.
     finally:
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
@@ -152,14 +153,17 @@ def _ask_upstream(fetcher: Fetcher, entry: FileEntry, record: FileRecord, dest: 
     return _Upstream(False, reply.headers.get("etag"), reply.headers.get("last-modified"))
 
 
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
+
+
 def _published_matches(entry: FileEntry, record: FileRecord, dest: Path) -> bool:
     if record.fingerprint != fingerprint(entry) or record.sha256 is None:
         return False
-    try:
-        st = dest.stat()
-    except OSError:
-        return False
-    return st.st_size == record.size and not dest.is_symlink()
+    return record.size is not None and _size_of(dest) == record.size
 
 
 def parse_sha256sum(text: str, name: str) -> str | None:
