@@ -386,3 +386,46 @@ def test_defaults_and_sha256sum_formats() -> None:
     assert parse_sha256sum(f"{'0' * 64}  other\n{digest} *helm.tgz\n", "helm.tgz") == digest
     assert parse_sha256sum(f"SHA256 (helm.tgz) = {digest.upper()}\n", "helm.tgz") == digest
     assert parse_sha256sum(f"{'0' * 64}  other\n", "helm.tgz") is None
+
+
+def test_etag_validation_and_a_server_that_refuses_head(env: Env) -> None:
+    from tests.fixtures.etagserver import ETagServer
+
+    manifest = mf.tigera_operator().encode()
+    with ETagServer({"/op.yaml": manifest}) as up:
+        env.m.extra_config = f"files:\n  - {{url: '{up.url}/op.yaml', path: gh/op.yaml}}\n"
+        env.m.write()
+        _sync_ok(env)
+        assert [r[:3] for r in up.requests] == [("HEAD", "/op.yaml", 200), ("GET", "/op.yaml", 200)]
+        up.requests.clear()
+        _sync_ok(env)
+        # The ETag recorded from the HEAD comes back as If-None-Match: one request, 304.
+        assert len(up.requests) == 1 and up.requests[0][:3] == ("HEAD", "/op.yaml", 304)
+        assert up.requests[0][3] is not None
+
+        # HEAD refused (405): the file is still mirrored, by a plain GET every time.
+        up.head_status = 405
+        up.files["/op.yaml"] = manifest + b"# v2\n"
+        up.requests.clear()
+        _sync_ok(env)
+        assert [r[:3] for r in up.requests] == [("HEAD", "/op.yaml", 405), ("GET", "/op.yaml", 200)]
+    assert env.published("gh/op.yaml").read_bytes() == manifest + b"# v2\n"
+
+
+def test_the_status_page_lists_charts_versions_and_digests(env: Env) -> None:
+    from mirror import state
+    from mirror.content import record_type
+
+    digest = "d" * 64
+    record = record_type("charts")(
+        key="stable",
+        upstream="https://kubernetes.github.io/ingress-nginx",
+        last_attempt=state.now_iso(),
+        last_success=state.now_iso(),
+    )
+    record.charts = [{"name": "ingress-nginx", "version": "4.11.3", "digest": digest}]
+    state.save(env.m.data / "state", "charts", record)
+    page = _app(env).get("/").get_data(as_text=True)
+    assert '<table id="charts">' in page and '<tr class="chart">' in page
+    assert "ingress-nginx" in page and "4.11.3" in page and digest in page
+    assert 'href="/charts/stable/index.yaml"' in page
