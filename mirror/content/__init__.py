@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from mirror.content.kind import Kind
     from mirror.state import Record
 
-# name -> module defining KIND; the order is the sync order (repos first: a new Kubernetes
-# version's kubeadm rpm must be mirrored before its image list is needed).
+# name -> module defining KIND; the order is the sync order: repos first (a new Kubernetes
+# version's kubeadm rpm must be mirrored before its image list is needed), images last (they
+# include the images found in mirrored files and charts).
 KINDS: dict[str, str] = {
     "repos": "mirror.yum.kind",
-    "charts": "mirror.charts.kind",
     "files": "mirror.files.kind",
+    "charts": "mirror.charts.kind",
     "images": "mirror.images.kind",
 }
 

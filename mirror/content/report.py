@@ -71,7 +71,7 @@ def status_lines(cfg: Config) -> tuple[list[str], bool]:
     """`mirror status`: one line (or two, with the last error) per item; and whether all ok."""
     lines: list[str] = []
     found = records(cfg)
-    if not found.get("repos"):
+    if not any(found.values()):
         lines.append(f"nothing synced yet into {cfg.data_dir}")
     for name, kind_records in found.items():
         kind = content.get(name)

@@ -171,6 +171,16 @@ def run(
     results: list[ItemResult] = []
     runner = _Run(cfg, request)
     for kind, items in planned:
+        if getattr(kind, "plan_after_earlier_kinds", False) and not request.dry_run:
+            # Planned again now that the kinds before it synced: images found in files and
+            # charts mirrored by this very run belong to this run (the first plan validated).
+            try:
+                items = kind.plan(cfg, request)
+            except MirrorError as exc:
+                log.error("%s: %s", kind.name, exc)
+                error = f"{kind.name}: {exc}"
+                results.append(ItemResult(kind.name, "", error=error, exit_code=exc.exit_code))
+                continue
         if items:
             kind_results = runner.kind(kind, items)
             log_summary(kind.name, kind_results)

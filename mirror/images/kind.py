@@ -17,6 +17,8 @@ class ImageKind:
     label = "image"
     record_type = state.ImageRecord
     gauges: dict[str, str] = {}
+    # The runner plans images again after files and charts synced (images found in them).
+    plan_after_earlier_kinds = True
 
     def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
         if request.repo_ids:  # `--repo ID` narrows the sync to those repos
