@@ -206,6 +206,9 @@ def test_a_change_upstream_without_sha256_is_reported(env: Env) -> None:
     _sync_ok(e)
     first = hashlib.sha256(e.src["daemonset"].read_bytes()).hexdigest()
     e.change("daemonset", e.src["daemonset"].read_bytes().replace(b"v3.28.2", b"v3.29.0"))
+    dry = e.m.sync("--only", "files", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert hashlib.sha256(e.published(DAEMONSET).read_bytes()).hexdigest() == first
     stderr = _sync_ok(e)
     assert f"file {DAEMONSET}: changed upstream: sha256 was {first}" in stderr
     assert e.published(DAEMONSET).read_bytes() == e.src["daemonset"].read_bytes()

@@ -182,7 +182,7 @@ def parse_sha256sum(text: str, name: str) -> str | None:
     if len(entries) == 1 and entries[0][1] is None:
         return entries[0][0]
     for digest, listed in entries:
-        if listed is not None and PurePosixPath(listed.lstrip("./")).name == name:
+        if listed is not None and PurePosixPath(listed).name == name:
             return digest
     return None
 
