@@ -38,6 +38,13 @@ class ChartKind:
         "bytes": "Bytes of chart tarballs published",
     }
 
+    def discovered_images(self, cfg: Config) -> list[tuple[Any, str]]:
+        """(ImageRef, source) of every image referenced by what this kind mirrored: the
+        images kind mirrors them too (mirror.images.sources)."""
+        from mirror.charts.images import discovered_images
+
+        return discovered_images(cfg)
+
     def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
         if request.repo_ids:  # `--repo ID` narrows the sync to those yum repos
             return []

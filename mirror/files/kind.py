@@ -23,6 +23,13 @@ class FileKind:
         "changed_upstream": "1 if the file changed upstream since first mirrored (no sha256)",
     }
 
+    def discovered_images(self, cfg: Config) -> list[tuple[Any, str]]:
+        """(ImageRef, source) of every image referenced by what this kind mirrored: the
+        images kind mirrors them too (mirror.images.sources)."""
+        from mirror.files.discover import discovered_images
+
+        return discovered_images(cfg)
+
     def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
         if request.repo_ids:  # `--repo ID` narrows the sync to those repos
             return []

@@ -24,8 +24,9 @@ class ImageKind:
         if request.repo_ids:  # `--repo ID` narrows the sync to those repos
             return []
         from mirror import nodeconfig
+        from mirror.images.sources import found_in_content, with_found_images
 
-        return nodeconfig.image_jobs(cfg)
+        return with_found_images(cfg, nodeconfig.image_jobs(cfg), found_in_content(cfg))
 
     def workers(self, cfg: Config, items: Sequence[Any]) -> int:
         return max(1, min(cfg.image_workers, len(items)))
