@@ -24,6 +24,7 @@ _HOSTPORT_RE = re.compile(
     r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:]+\])(?::[0-9]{1,5})?$"
 )
 _URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/-]*$")
+_PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -118,6 +119,21 @@ class Config(_Frozen):
         except UnknownKubernetesVersion as exc:
             raise ValueError(str(exc)) from None
 
+    @field_validator("platforms")
+    @classmethod
+    def _check_platforms(
+        cls, value: tuple[str, ...] | Literal["all"]
+    ) -> tuple[str, ...] | Literal["all"]:
+        # Validated here, once, not when the image sync first needs them.
+        if value == "all":
+            return value
+        if not value:
+            raise ValueError("must be 'all' or a non-empty list of os/arch[/variant]")
+        for text in value:
+            if not _PLATFORM_RE.match(text):
+                raise ValueError(f"bad platform {text!r} (expected os/arch or os/arch/variant)")
+        return value
+
     @field_validator("releasever", "basearch")
     @classmethod
     def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -187,7 +203,12 @@ def load_config(path: Path) -> Config:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(str(path), _format_validation_error(path, exc)) from None
-    return resolve_paths(cfg, path)
+    resolved = resolve_paths(cfg, path)
+    # The default ./images.txt may be absent (no extra images); one named explicitly must exist.
+    named = raw.get("images_file") is not None and resolved.images_file is not None
+    if named and resolved.images_file is not None and not resolved.images_file.is_file():
+        raise ConfigError(str(path), f"key 'images_file': no such file {resolved.images_file}")
+    return resolved
 
 
 def resolve_paths(cfg: Config, path: Path) -> Config:

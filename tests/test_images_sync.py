@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from mirror import nodeconfig, state
 from mirror.config import Config, RegistryConfig, load_config
-from mirror.errors import ConfigError, EnvironmentProblem, ImageSyncError
+from mirror.errors import EnvironmentProblem, ImageSyncError
 from mirror.images import manifest
 from mirror.images import registry as regmod
 from mirror.images.manifest import Platform
@@ -433,9 +434,9 @@ def test_platform_selection() -> None:
 
 
 def test_config_problems(tmp_path: Path) -> None:
-    cfg = Config(data_dir=tmp_path, platforms=("amd64",))
-    with pytest.raises(ConfigError, match="platforms"):
-        sync_images(cfg, plan_jobs(cfg.registry.url, [VERSION], []))
+    # A bad platform is refused by the config object itself, before any sync (issue 9).
+    with pytest.raises(ValidationError, match="platforms"):
+        Config(data_dir=tmp_path, platforms=("amd64",))
     cfg = Config(data_dir=tmp_path, registry=RegistryConfig(url="127.0.0.1:1", tls_verify=True))
     with pytest.raises(EnvironmentProblem, match="plain HTTP"), ensure_registry(cfg):
         pass
