@@ -237,14 +237,19 @@ def images() -> None:
 @images.command("list")
 @click.option("--kubernetes-version", "version", metavar="V", help="e.g. v1.28.4")
 @click.option("--mirrored", is_flag=True, help="Names in the local registry instead.")
+@click.option(
+    "--why", is_flag=True, help="With each image, where it comes from (kubeadm, images.txt, ...)."
+)
 @click.pass_obj
 @_handle_errors
-def images_list(obj: _Ctx, version: str | None, mirrored: bool) -> None:
-    """Images kubeadm needs for V (as `kubeadm config images list` prints them)."""
+def images_list(obj: _Ctx, version: str | None, mirrored: bool, why: bool) -> None:
+    """Images kubeadm needs for V (as `kubeadm config images list` prints them), or without
+    V every image the mirror syncs: kubeadm sets, images.txt, images found in files/charts."""
     from mirror import kubeadm_images, nodeconfig
     from mirror.images.refs import plan_jobs
+    from mirror.images.sources import found_in_content, image_sources, with_found_images
 
-    if version is not None and not mirrored:
+    if version is not None and not mirrored and not why:
         # Needs no config at all: the table is compiled in.
         for ref in kubeadm_images.image_set(version).images():
             click.echo(ref)
@@ -253,10 +258,15 @@ def images_list(obj: _Ctx, version: str | None, mirrored: bool) -> None:
     if version is not None:
         jobs = plan_jobs(cfg.registry.url, [kubeadm_images.normalize_version(version)], [])
     else:
-        jobs = nodeconfig.image_jobs(cfg)
+        jobs = with_found_images(cfg, nodeconfig.image_jobs(cfg), found_in_content(cfg))
+    sources = image_sources(cfg) if why else {}
     for job in jobs:
         for name in job.destinations if mirrored else [job.source.upstream]:
-            click.echo(name)
+            if why:
+                found = sources.get(job.source.upstream) or [f"kubeadm {version}"]
+                click.echo(f"{name}  ({'; '.join(found)})")
+            else:
+                click.echo(name)
 
 
 @main.command()

@@ -99,7 +99,12 @@ def image_jobs(cfg: Config, run_kubeadm: bool = True) -> list[ImageJob]:
 def mirrored_hosts(cfg: Config) -> list[str]:
     # Rendering node files: no kubeadm runs, and a version without a list only lacks hosts
     # (kubeadm's images are all on registry.k8s.io, which is always listed).
-    return upstream_hosts(image_plan(cfg, run_kubeadm=False).jobs)
+    # Images found in mirrored files and charts count too: containerd must be told to pull
+    # their hosts (ghcr.io, quay.io, ...) from the mirror as well.
+    from mirror.images.sources import found_in_content, with_found_images
+
+    jobs = image_plan(cfg, run_kubeadm=False).jobs
+    return upstream_hosts(with_found_images(cfg, jobs, found_in_content(cfg)))
 
 
 # --- kubeadm -----------------------------------------------------------------------------

@@ -28,6 +28,20 @@ class Outcome:
     detail: Any = None  # the kind's own result, for its programmatic callers
 
 
+@dataclass(frozen=True)
+class PlanProblem:
+    """Something wanted that cannot even be planned (e.g. a Kubernetes version neither the
+    image table nor a mirrored kubeadm knows). A kind's plan returns it among its items; the
+    runner fails the sync with `message` (one line) and writes no state for it."""
+
+    key: str
+    message: str
+
+    @property
+    def upstream(self) -> str:
+        return ""
+
+
 class Item(Protocol):
     @property
     def key(self) -> str: ...  # the state file's key, unique within the kind

@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 
 from mirror import state
 from mirror.config import Config
-from mirror.content.kind import Kind, SyncRequest
+from mirror.content.kind import Kind, PlanProblem, SyncRequest
 from mirror.errors import EXIT_SYNC_FAILED, LocalDiskError, LockedError, MirrorError
 from mirror.progress import progress_for
 from mirror.retry import local_reason
@@ -101,6 +101,9 @@ class _Run:
             )
             log.error("%s", message)
             return ItemResult(kind.name, item.key, error=message, exit_code=EXIT_SYNC_FAILED)
+        if isinstance(item, PlanProblem):
+            log.error("%s", item.message)
+            return ItemResult(kind.name, item.key, error=item.message, exit_code=EXIT_SYNC_FAILED)
         cfg, started = self.cfg, time.monotonic()
         record = state.load(cfg.state_root, kind.name, item.key)
         record.upstream = item.upstream

@@ -3,13 +3,16 @@ the config asks for, copied into the registry by mirror.images.sync."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from mirror import state
 from mirror.config import Config
-from mirror.content.kind import Outcome, SyncRequest
+from mirror.content.kind import Outcome, PlanProblem, SyncRequest
+
+log = logging.getLogger("mirror.images")
 
 
 class ImageKind:
@@ -26,7 +29,13 @@ class ImageKind:
         from mirror import nodeconfig
         from mirror.images.sources import found_in_content, with_found_images
 
-        return with_found_images(cfg, nodeconfig.image_jobs(cfg), found_in_content(cfg))
+        plan = nodeconfig.image_plan(cfg)
+        for line in plan.warnings:  # kubeadm disagreeing with the table, ...
+            log.warning("%s", line)
+        jobs = with_found_images(cfg, plan.jobs, found_in_content(cfg))
+        # A version without an image list fails the sync with its own line; the rest syncs.
+        problems = [PlanProblem(line.split(":", 1)[0], line) for line in plan.failures]
+        return [*jobs, *problems]
 
     def workers(self, cfg: Config, items: Sequence[Any]) -> int:
         return max(1, min(cfg.image_workers, len(items)))

@@ -37,3 +37,46 @@ def with_found_images(
             names.append(ref.mirrored(cfg.registry.url, alias))
         merged.append(ImageJob(ref, tuple(names)))
     return merged
+
+
+def image_sources(cfg: Config) -> dict[str, list[str]]:
+    """upstream reference -> where it comes from, in planning order: `kubeadm v1.28.4`,
+    `images.txt:3`, `files:calico/tigera-operator.yaml`, `charts:ingress-nginx-4.11.3
+    (values.yaml)`. Versions without an image list are left out (the sync reports them)."""
+    from mirror.images.refs import parse_reference
+    from mirror.kubernetes.images import image_lists
+    from mirror.kubernetes.resolve import resolve_versions
+
+    sources: dict[str, list[str]] = {}
+
+    def add(ref: ImageRef, source: str) -> None:
+        seen = sources.setdefault(ref.upstream, [])
+        if source not in seen:
+            seen.append(source)
+
+    versions = resolve_versions(cfg).versions
+    for version, found in image_lists(cfg, versions, run_kubeadm=False).lists.items():
+        for text in found.images:
+            add(parse_reference(text), f"kubeadm {version}")
+    for number, ref in _images_file_lines(cfg):
+        add(ref, f"{cfg.images_file.name if cfg.images_file else 'images.txt'}:{number}")
+    for ref, source in found_in_content(cfg):
+        add(ref, source)
+    return sources
+
+
+def _images_file_lines(cfg: Config) -> list[tuple[int, ImageRef]]:
+    """(line number, reference) of images.txt; parse_images_file has validated it already."""
+    from mirror.images.refs import parse_images_file, parse_reference
+
+    path = cfg.images_file
+    if path is None or not path.is_file():
+        return []
+    parse_images_file(path)  # the one validation, with its line-numbered errors
+    found = []
+    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            found.append((number, parse_reference(text)))
+    return found
