@@ -268,6 +268,8 @@ def test_containerd_node_from_served_mirror(
     repo = (etc / "yum.repos.d" / "mirror.repo").read_text()
     assert repo == requests.get(f"{mirror.base_url}/repofiles/mirror.repo", timeout=10).text
     assert (etc / "modules-load.d" / "k8s.conf").read_text() == "overlay\nbr_netfilter\n"
+    # Issue 10: dnf's $kubernetes_minor for mirror.repo, from --kubernetes-version.
+    assert (etc / "dnf" / "vars" / "kubernetes_minor").read_text() == "v1.28\n"
     assert (etc / "sysctl.d" / "k8s.conf").read_text() == (
         "net.bridge.bridge-nf-call-iptables = 1\n"
         "net.bridge.bridge-nf-call-ip6tables = 1\n"

@@ -17,6 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,40 @@ def test_dnf_installs_each_minors_kubeadm_from_the_served_repo(
             newest = versions[-1]
             assert any(n.startswith(f"kubeadm-{newest}-") for n in installed), (minor, installed)
             assert any(n.startswith(f"cri-o-{CRIO[minor]}-") for n in installed), installed
+
+
+def test_bootstrap_writes_the_minor_and_installs_from_its_repo(
+    synced: Node, tmp_path: Path
+) -> None:
+    from tests.test_bootstrap import Node as BootNode
+    from tests.test_bootstrap import ok
+
+    if not synced.procs:
+        synced.serve()
+    script = requests.get(f"{synced.base_url}/bootstrap.sh", timeout=10).text
+    assert "DEFAULT_K8S_VERSION='v1.34.3'" in script  # the range's lower end
+    cache = Path(tempfile.mkdtemp(prefix="k8sbs-", dir="/tmp"))
+    try:
+        node = BootNode(script, tmp_path / "root", cache)
+        out = ok(node.run("--runtime", "cri-o", "--kubernetes-version", "1.35.9"))
+        assert "install kubeadm-1.35.9 kubelet-1.35.9 kubectl-1.35.9 cri-o" in out
+        vars_file = node.root / "etc" / "dnf" / "vars" / "kubernetes_minor"
+        assert vars_file.read_text() == "v1.35\n"
+        installed = subprocess.run(
+            ["rpm", "--root", str(node.root), "-q", "kubeadm", "cri-o"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "kubeadm-1.35.9-" in installed and f"cri-o-{CRIO['v1.35']}-" in installed
+    finally:
+        for pubring in cache.glob("*/pubring"):
+            subprocess.run(
+                ["gpgconf", "--homedir", str(pubring), "--kill", "gpg-agent"],
+                capture_output=True,
+                check=False,
+            )
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def test_upgrade_plan_reports_the_missing_image(synced: Node) -> None:

@@ -11,10 +11,13 @@ Data for `mirror status`, the status page and /metrics; nothing here touches the
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -70,13 +73,21 @@ def patch_freshness(cfg: Config) -> list[PatchFreshness]:
     return out
 
 
-def _level(expires: int | None, now: float) -> tuple[int | None, str]:
+def expiry_level(expires: int | None, now: float) -> tuple[int | None, str]:
+    """(days left, rounded up; level). "in 10 days" for a key made to last 10 days."""
     if expires is None:
         return None, "ok"
-    left = int((expires - now) // DAY)
+    left = math.ceil((expires - now) / DAY)
     if expires <= now:
         return left, "expired"
     return left, "warning" if expires - now <= WARN_DAYS * DAY else "ok"
+
+
+@functools.lru_cache(maxsize=64)
+def _key_info(path: str, mtime_ns: int, size: int) -> tuple[gpg.KeyInfo, ...]:
+    """Per key file generation: /metrics is scraped often and gpg is a process per file."""
+    del mtime_ns, size  # only part of the cache key
+    return tuple(gpg.key_info(Path(path).read_bytes()))
 
 
 def key_expiries(cfg: Config, now: float | None = None) -> list[KeyExpiry]:
@@ -85,12 +96,13 @@ def key_expiries(cfg: Config, now: float | None = None) -> list[KeyExpiry]:
     out = []
     for path in sorted(cfg.keys_root.glob("*.gpg")) if cfg.keys_root.is_dir() else []:
         try:
-            keys = gpg.key_info(path.read_bytes())
+            st = path.stat()
+            keys = _key_info(str(path), st.st_mtime_ns, st.st_size)
         except (OSError, MirrorError) as exc:  # unreadable file, or no gpg on this host
             log.warning("%s: cannot read keys: %s", path, exc)
             continue
         for key in keys:
-            days, level = _level(key.expires, moment)
+            days, level = expiry_level(key.expires, moment)
             out.append(KeyExpiry(path.stem, key.fingerprint, key.uid, key.expires, days, level))
     return sorted(out, key=lambda k: (k.expires is None, k.expires or 0, k.repo))
 

@@ -162,42 +162,47 @@ def extract(pkg: KubePackage, dest: Path) -> Path:
 
 
 @functools.cache
-def _can_unshare_net() -> bool:
-    """`unshare -n` works only with CAP_SYS_ADMIN, and not in every container: try it once."""
+def _unshare_net() -> list[str] | None:
+    """argv prefix for a network namespace of its own: `unshare -n` as root; otherwise inside
+    a user namespace (`--map-current-user`), where the kernel allows unprivileged ones. Not
+    every container allows either, so it is tried once; None when it does not work."""
     tool = shutil.which("unshare")
-    if tool is None or os.geteuid() != 0:
-        return False
+    if tool is None:
+        return None
+    argv = [tool, "-n"] if os.geteuid() == 0 else [tool, "--map-current-user", "--net"]
     try:
-        probe = subprocess.run([tool, "-n", "true"], capture_output=True, timeout=10, env={})
+        probe = subprocess.run([*argv, "true"], capture_output=True, timeout=10, env={})
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
+        return None
+    return [*argv, "--"] if probe.returncode == 0 else None
+
+
+def _drop_to_nobody() -> list[str] | None:
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        return None
+    try:
+        user = pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        return None
+    ids = [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    return [setpriv, *ids, "--no-new-privs", "--"]
 
 
 def sandbox_prefix() -> tuple[list[str], str]:
-    """argv prefix that drops network and privileges where possible, and what it does."""
+    """argv prefix that drops network and privileges where possible, and what it does. The
+    namespace comes first: creating it needs the root that setpriv then gives up."""
     prefix: list[str] = []
     notes = []
-    if _can_unshare_net():
-        prefix += [str(shutil.which("unshare")), "-n", "--"]
+    net = _unshare_net()
+    if net is not None:
+        prefix += net
         notes.append("no network")
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() == 0 and setpriv:
-        try:
-            user = pwd.getpwnam(UNPRIVILEGED_USER)
-        except KeyError:
-            user = None
-        if user is not None:
-            prefix += [
-                setpriv,
-                f"--reuid={user.pw_uid}",
-                f"--regid={user.pw_gid}",
-                "--clear-groups",
-                "--no-new-privs",
-                "--",
-            ]
-            notes.append(f"as {UNPRIVILEGED_USER}")
-    return prefix, ", ".join(notes) or "as the current user"
+    nobody = _drop_to_nobody()
+    if nobody is not None:
+        prefix += nobody
+        notes.append(f"as {UNPRIVILEGED_USER}")
+    return prefix, ", ".join(notes) or "as the current user, with network"
 
 
 def run_images_list(binary: Path, version: str, rpm: str) -> list[str]:
