@@ -366,3 +366,19 @@ def test_version_nobody_knows_fails_alone_with_one_line(synced: Node) -> None:
     assert {j.source.upstream for j in plan.jobs} >= set(
         kubeadm_images.image_set("v1.35.9").images()
     )
+    # A real sync: that version's images fail with that one line, the others sync.
+    other = synced.dir / "unknown.yaml"
+    text = synced.config.read_text().replace(f"['{RANGE}']", "['v1.36.7', 'v1.36.6']")
+    other.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirror", "-c", str(other), "sync", "--only", "images"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=synced.dir,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("  ")]
+    assert len(failed) == 1, proc.stderr[-3000:]
+    assert "v1.36.7" in failed[0] and "no kubeadm rpm of that version" in failed[0]
+    assert "images: 7 ok" in proc.stderr  # v1.36.6's images, from its kubeadm
