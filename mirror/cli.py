@@ -289,6 +289,11 @@ def status(obj: _Ctx, as_json: bool) -> None:
         sys.exit(EXIT_SYNC_FAILED)
 
 
+from mirror.kubernetes.cli import upgrade_plan  # noqa: E402 - after main is defined
+
+main.add_command(upgrade_plan)
+
+
 def run() -> None:
     main(prog_name="mirror")
 

@@ -55,6 +55,7 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
     if version:
         commands["kubeadm_init"] = f"kubeadm init --config <(curl -fsS {base}/kubeadm/config.yaml)"
     return {
+        "kubernetes": kubernetes_status(cfg),
         "schema_version": SCHEMA_VERSION,
         "mirror_version": __version__,
         "generated_at": state.now_iso(),
@@ -67,6 +68,21 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
     }
 
 
+def kubernetes_status(cfg: Config) -> dict[str, Any]:
+    """Freshness (patches behind per minor, GPG key expiry) and the configured upgrade paths
+    (mirror.kubernetes); never runs kubeadm (this also serves web requests)."""
+    from mirror.kubernetes.freshness import freshness
+    from mirror.kubernetes.upgrade import configured_plans
+
+    fresh = freshness(cfg)
+    return {
+        "minors": fresh["kubernetes"],
+        "gpg_keys": fresh["gpg_keys"],
+        "warnings": fresh["warnings"],
+        "upgrade_plans": configured_plans(cfg),
+    }
+
+
 def status_lines(cfg: Config) -> tuple[list[str], bool]:
     """`mirror status`: one line (or two, with the last error) per item; and whether all ok."""
     lines: list[str] = []
@@ -76,6 +92,9 @@ def status_lines(cfg: Config) -> tuple[list[str], bool]:
     for name, kind_records in found.items():
         kind = content.get(name)
         lines += [kind.status_line(record) for record in kind_records]
+    from mirror.kubernetes.freshness import status_lines as freshness_lines
+
+    lines += freshness_lines(cfg)
     return lines, all(r.ok for kind_records in found.values() for r in kind_records)
 
 
@@ -122,3 +141,6 @@ def metric_families(cfg: Config) -> Iterator[GaugeMetricFamily]:
         yield ok
         yield from extras.values()
         yield duration
+    from mirror.kubernetes.freshness import metric_families as freshness_metrics
+
+    yield from freshness_metrics(cfg)  # patches behind per minor, GPG key expiry
