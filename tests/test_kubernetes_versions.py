@@ -122,7 +122,8 @@ def test_kubeadm_output_is_parsed_strictly() -> None:
 _PROBE = """#!/bin/sh
 # Prints the image list only when sandboxed as promised; otherwise says what is wrong.
 # (the shell itself exports PWD; everything else would have come from the mirror)
-[ -z "$(env | grep -v '^PWD=')" ] || { echo "environment not empty: $(env | head -n1)" >&2; exit 3; }
+extra=$(env | grep -v '^PWD=')
+[ -z "$extra" ] || { echo "environment not empty: $extra" >&2; exit 3; }
 {checks}
 echo registry.k8s.io/kube-apiserver:v1.36.6
 """
