@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import click
 
-from mirror.errors import EXIT_OK, EXIT_SYNC_FAILED, MirrorError
+from mirror.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_SYNC_FAILED, MirrorError
 
 if TYPE_CHECKING:
     from mirror.config import Config
@@ -80,6 +80,10 @@ def upgrade_plan(obj: _HasConfig, start: str, end: str, as_json: bool) -> None:
     except MirrorError as exc:
         click.echo(f"mirror: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # e.g. an unreadable data_dir: one line, as every mirror command
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"mirror: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
     if as_json:
         click.echo(json.dumps(plan.to_dict(), indent=2))
     else:
