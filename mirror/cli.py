@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import wraps
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -26,9 +26,6 @@ from mirror.errors import (
     MirrorError,
 )
 from mirror.repofile import load_definitions
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("mirror")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,8 +47,6 @@ def _setup_logging(verbose: bool, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # urllib3 logs every retry as a WARNING; the one line per failed repo is ours to print.
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _handle_errors(func: F) -> F:
@@ -171,6 +166,7 @@ def _node_file_inputs(cfg: Config) -> str:
     paths = [p for p in (cfg.config_path, cfg.images_file) if p is not None]
     if cfg.repos_dir.is_dir():
         paths += sorted(cfg.repos_dir.glob("*.repo"))
+    paths += sorted((cfg.state_root / "kubeadm").glob("*.json"))  # kubeadm's own image lists
     for path in paths:
         with contextlib.suppress(OSError):
             digest.update(str(path).encode() + b"\0" + path.read_bytes())
@@ -248,17 +244,25 @@ def images_list(obj: _Ctx, version: str | None, mirrored: bool, why: bool) -> No
     from mirror import kubeadm_images, nodeconfig
     from mirror.images.refs import plan_jobs
     from mirror.images.sources import found_in_content, image_sources, with_found_images
+    from mirror.kubernetes.images import image_list
 
     if version is not None and not mirrored and not why:
-        # Needs no config at all: the table is compiled in.
-        for ref in kubeadm_images.image_set(version).images():
+        # Without a config file the compiled-in table answers; with one, the mirrored kubeadm.
+        if not obj.path.exists():
+            refs = kubeadm_images.image_set(version).images()
+        else:
+            refs = list(image_list(obj.cfg, version, run_kubeadm=False).images)
+        for ref in refs:
             click.echo(ref)
         return
     cfg = obj.cfg
     if version is not None:
-        jobs = plan_jobs(cfg.registry.url, [kubeadm_images.normalize_version(version)], [])
+        listed = image_list(cfg, version, run_kubeadm=False)
+        jobs = plan_jobs(cfg.registry.url, [listed.version], [], {listed.version: listed.images})
     else:
-        jobs = with_found_images(cfg, nodeconfig.image_jobs(cfg), found_in_content(cfg))
+        # Listing runs no kubeadm (it writes a cache; only a sync, under its lock, does).
+        jobs = nodeconfig.image_jobs(cfg, run_kubeadm=False)
+        jobs = with_found_images(cfg, jobs, found_in_content(cfg))
     sources = image_sources(cfg) if why else {}
     for job in jobs:
         for name in job.destinations if mirrored else [job.source.upstream]:

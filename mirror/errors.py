@@ -76,10 +76,10 @@ class ImageSyncError(MirrorError):
 class LocalDiskError(MirrorError):
     """This machine cannot write under data_dir (disk full, quota, read-only, I/O error).
 
-    Never retried: every other repo on the same file system would fail the same way, so the
+    Never retried: every other item on the same file system would fail the same way, so the
     sync stops them too. `reason` is the short cause ("no space left on device")."""
 
-    def __init__(self, repo: str, reason: str, where: str) -> None:
-        super().__init__(f"repo {repo}: {reason} under data_dir ({where})")
-        self.repo = repo
+    def __init__(self, label: str, key: str, reason: str, where: str) -> None:
+        super().__init__(f"{label} {key}: {reason} under data_dir ({where})")
+        self.key = key
         self.reason = reason

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -44,7 +46,10 @@ def fsync_file(path: Path) -> None:
 
 def temp_path(path: Path) -> Path:
     """Where a new version of `path` is written before it is renamed into place."""
-    return path.with_name(f"{TMP_PREFIX}{path.name}{TMP_MARK}{os.getpid()}")
+    # pid (to tell a dead writer's leftovers) and thread: two threads of one process writing
+    # the same file must not share a temp file.
+    owner = f"{os.getpid()}.{threading.get_native_id()}"
+    return path.with_name(f"{TMP_PREFIX}{path.name}{TMP_MARK}{owner}")
 
 
 def is_temp_name(name: str) -> bool:
@@ -55,7 +60,7 @@ def _temp_owner(name: str) -> int | None:
     """The pid a temp file name carries, None when `name` is no temp name of ours."""
     if not is_temp_name(name):
         return None
-    pid = name.rsplit(TMP_MARK, 1)[1]
+    pid = name.rsplit(TMP_MARK, 1)[1].split(".", 1)[0]
     return int(pid) if pid.isdigit() else None
 
 
@@ -136,7 +141,12 @@ def sync_filesystems(paths: Iterable[Path]) -> None:
     for path in seen.values():
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _SYNCFS is None or _SYNCFS(fd) != 0:
+            if _SYNCFS is None:
+                os.sync()
+            elif _SYNCFS(fd) != 0:
+                code = ctypes.get_errno()
+                if code != errno.ENOSYS:  # writeback failed (EIO, ENOSPC): nothing is durable
+                    raise OSError(code, os.strerror(code), str(path))
                 os.sync()
         finally:
             os.close(fd)
@@ -164,10 +174,21 @@ def durable_move_all(moves: Iterable[tuple[Path, Path]], *, sync_src: bool = Tru
         fsync_dir(directory)
 
 
+def _open_new(tmp: Path, mode: int) -> int:
+    """Create `tmp` for writing; never through a symlink planted at its (predictable) name.
+    A leftover of this very pid and thread (a crash, then pid reuse) is replaced."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(tmp, flags, mode)
+    except FileExistsError:
+        tmp.unlink()
+        return os.open(tmp, flags, mode)
+
+
 def _write_temp(path: Path, data: bytes, mode: int | None) -> Path:
     tmp = temp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+        fd = _open_new(tmp, 0o644 if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -263,10 +263,6 @@ def configure(
             handle.setopt(pycurl.CAINFO, bundle)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class Fetcher:
     """The HTTP client of one sync: a curl handle per thread for documents, a CurlMulti pool
     (`parallel` transfers at once) for downloads. Close it when done."""
@@ -291,6 +287,7 @@ class Fetcher:
             for handle in self._handles:
                 handle.close()
             self._handles.clear()
+            self._local = threading.local()  # no thread may reuse a closed handle
 
     def __enter__(self) -> Fetcher:
         return self
@@ -348,10 +345,15 @@ class Fetcher:
         collector = HeaderCollector()
         body = io.BytesIO()
 
-        def on_data(chunk: bytes) -> None:
+        too_large = False
+
+        def on_data(chunk: bytes) -> int | None:
+            nonlocal too_large
             if body.tell() + len(chunk) > limit:
-                raise _BodyTooLarge
+                too_large = True  # an exception here would be printed by pycurl
+                return 0  # abort: E_WRITE_ERROR
             body.write(chunk)
+            return None
 
         handle.setopt(pycurl.HEADERFUNCTION, collector)
         handle.setopt(pycurl.WRITEFUNCTION, on_data)
@@ -359,7 +361,7 @@ class Fetcher:
             handle.perform()
         except pycurl.error as exc:
             code, message = exc.args[0], exc.args[1] if len(exc.args) > 1 else ""
-            if body.tell() >= limit or code == pycurl.E_WRITE_ERROR:
+            if too_large:
                 raise FetchError(url, f"larger than {limit} bytes") from None
             if guard.stalled:
                 raise _Transient(stall_reason(self.timeout)) from None

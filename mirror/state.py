@@ -78,10 +78,12 @@ def load(root: Path, kind: str, key: str) -> Any:
     """The record of `key` (the kind's record class), or a fresh one."""
     cls = record_type(kind)
     try:
-        data: dict[str, Any] = json.loads(keyed_file(root / kind, key).read_text())
-    except (FileNotFoundError, ValueError):
-        return cls(key=key)
-    return from_dict(cls, data)
+        data = json.loads(keyed_file(root / kind, key).read_text())
+        if isinstance(data, dict):
+            return from_dict(cls, {**data, "key": key})
+    except (FileNotFoundError, ValueError, TypeError):
+        pass  # missing, or not a record (edited by hand, cut short): start afresh
+    return cls(key=key)
 
 
 def save(root: Path, kind: str, record: Record) -> None:
@@ -102,5 +104,8 @@ def load_all(root: Path, kind: str) -> list[Any]:
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and isinstance(data.get("key"), str):
-            records.append(from_dict(cls, data))
+            try:
+                records.append(from_dict(cls, data))
+            except TypeError:  # a field of the wrong shape: not a record this version reads
+                continue
     return records

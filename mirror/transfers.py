@@ -116,6 +116,8 @@ class _Transfer:
         """Open the .part on the first body byte of a 200/206; False for an error page."""
         if status == 206 and self.offset and self._range_starts_at_offset():
             mode = "ab"
+        elif status == 206 and not self.offset and self._range_starts_at_offset():
+            mode = "wb"  # a 206 for the whole file (some CDNs answer every GET that way)
         elif status == 200:
             mode, self.offset = "wb", 0  # fresh start, or a server that ignores Range
         else:
@@ -264,7 +266,7 @@ class MultiDownloader:
                 transfer.drop_part()
                 if not transfer.clean_refetch_done:
                     transfer.clean_refetch_done = True
-                    self._retry(transfer, "checksum mismatch", immediately=True)
+                    self._retry(transfer, "checksum mismatch", immediately=True, free=True)
                     return
                 want = f"want {expected.checksum}, got {actual}"
                 reason = f"{expected.checksum_type} mismatch after a clean re-fetch: {want}"
@@ -284,8 +286,12 @@ class MultiDownloader:
         *,
         retry_after: str | None = None,
         immediately: bool = False,
+        free: bool = False,
     ) -> None:
-        if immediately:
+        """Schedule another attempt within the retry budget; `free`: the one clean re-fetch
+        after a checksum mismatch, which the budget does not count (it is bounded by
+        clean_refetch_done)."""
+        if immediately and (free or self.policy.may_retry(transfer.attempt)):
             self.queue.appendleft(transfer)
             return
         if not self.policy.may_retry(transfer.attempt):

@@ -139,3 +139,40 @@ def test_retry_after_is_capped() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
     assert 0.0 < policy.delay(1) <= 0.6
+
+
+def test_partial_content_answers_never_loop(tmp_path: Path) -> None:
+    """A server answering every GET with 206 (whole file, or a range nobody asked for) must
+    neither spin nor be taken for a resume: the whole-file 206 is accepted, the odd range
+    fails within the retry budget."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = b"x" * 5000
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            hits.append(self.path)
+            start = 0 if self.path == "/whole" else 100
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            self.wfile.write(body[start:])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with fast_fetcher(retries=2) as fetcher:
+            fetcher.download(f"{base}/whole", tmp_path / "whole", expected_for(body), OPTS)
+            assert (tmp_path / "whole").read_bytes() == body
+            with pytest.raises(FetchError, match="gave up after 3 attempts"):
+                fetcher.download(f"{base}/odd", tmp_path / "odd", expected_for(body), OPTS)
+    finally:
+        server.shutdown()
+    assert hits.count("/odd") == 3

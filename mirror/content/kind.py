@@ -17,6 +17,9 @@ class SyncRequest:
 
     dry_run: bool = False
     repo_ids: tuple[str, ...] = ()  # `--repo ID`: only these repos (and no other kind)
+    # True for the plan made under the sync lock after the earlier kinds synced; the first
+    # plan (validation, before the lock) must not run or cache anything (e.g. kubeadm).
+    under_lock: bool = False
 
 
 @dataclass(frozen=True)

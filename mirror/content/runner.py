@@ -9,12 +9,15 @@ data_dir, so each is reported "not attempted" instead of failing the same way.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -76,14 +79,26 @@ def as_error(cfg: Config, kind: Kind, key: str, exc: BaseException) -> MirrorErr
         return wrapped
     error, where = (exc.error, exc.path) if isinstance(exc, LocalWriteError) else (exc, None)
     if isinstance(error, OSError):
-        where = where or error.filename or cfg.data_dir
         reason = local_reason(error)
-        if reason is not None:
-            disk = LocalDiskError(key, reason, str(where))
-            disk.args = (f"{prefix}{reason} under data_dir ({where})",)
-            return disk
-        return MirrorError(f"{prefix}{error.strerror or error} ({where})")
+        if reason is not None and _under_data_dir(cfg, error, where):
+            return LocalDiskError(kind.label, key, reason, str(where or error.filename or ""))
+        shown = where or error.filename or "?"
+        return MirrorError(f"{prefix}{error.strerror or error} ({shown})")
     return MirrorError(f"{prefix}{exc}")
+
+
+# Errors that, without a file name, can only be about where we write (data_dir); a "permission
+# denied" without one is more likely a program we could not run.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def _under_data_dir(cfg: Config, error: OSError, where: Path | None) -> bool:
+    """A local disk error stops every later item only when it is about data_dir: ENOSPC in
+    /tmp (gpg, rpmkeys scratch) or EACCES on /usr/bin/skopeo are that item's problem."""
+    path = where or (Path(error.filename) if error.filename else None)
+    if path is None:
+        return error.errno in _WRITE_ERRNOS
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(cfg.data_dir))
 
 
 class _Run:
@@ -178,7 +193,7 @@ def run(
             # Planned again now that the kinds before it synced: images found in files and
             # charts mirrored by this very run belong to this run (the first plan validated).
             try:
-                items = kind.plan(cfg, request)
+                items = kind.plan(cfg, replace(request, under_lock=True))
             except MirrorError as exc:
                 log.error("%s: %s", kind.name, exc)
                 error = f"{kind.name}: {exc}"

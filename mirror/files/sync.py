@@ -262,7 +262,8 @@ def _rescan(entry: FileEntry, record: FileRecord, dest: Path) -> list[str]:
     if record.discovered_from == key:
         return []
     try:
-        data = dest.read_bytes()
+        with dest.open("rb") as fh:  # at most one byte past the cap: a big tarball stays on disk
+            data = fh.read(discover.MAX_MANIFEST + 1)
     except OSError as exc:
         raise FileSyncError(entry.path, f"cannot read the published copy: {exc.strerror}") from None
     found = discover.scan_manifest(data, entry.path, f"files:{entry.path}")

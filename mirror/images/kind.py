@@ -29,7 +29,9 @@ class ImageKind:
         from mirror import nodeconfig
         from mirror.images.sources import found_in_content, with_found_images
 
-        plan = nodeconfig.image_plan(cfg)
+        # kubeadm runs (and its cache is written) only under the sync lock, never in a dry run
+        # or in the validation plan made before the lock.
+        plan = nodeconfig.image_plan(cfg, run_kubeadm=request.under_lock and not request.dry_run)
         for line in plan.warnings:  # kubeadm disagreeing with the table, ...
             log.warning("%s", line)
         jobs = with_found_images(cfg, plan.jobs, found_in_content(cfg))

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mirror import kubeadm_images
 from mirror.config import Config
@@ -110,6 +112,8 @@ def image_list(cfg: Config, version: str, run_kubeadm: bool = True) -> ImageList
             problem = str(exc)
         except OSError as exc:  # scratch dir or cache not writable: say so, fall back
             problem = f"kubeadm {name}: {exc.strerror or exc} ({exc.filename or 'temp dir'})"
+        except subprocess.TimeoutExpired as exc:  # a hung extraction fails this version only
+            problem = f"kubeadm {name}: {Path(str(exc.cmd[0])).name} did not finish in time"
     if binary is not None:
         warning = _disagreement(name, binary, table) if table is not None else None
         return ImageList(name, binary.images, f"kubeadm {binary.rpm}", warning)

@@ -62,11 +62,11 @@ def _real_path_is(path: str, expected: str) -> bool:
     return os.path.realpath(path) == expected
 
 
-def _fd_path_is(fd: int, expected: str) -> bool:
+def _fd_path_is(fd: int, expected: str, path: Path) -> bool:
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:  # no /proc: fall back to the path (racy, still refuses planted links)
-        return True
+        return _real_path_is(str(path), expected)
     # A file renamed over after our open (a publish) is still the file we meant to send.
     return real.removesuffix(" (deleted)") == expected
 
@@ -88,7 +88,7 @@ def send_consistent(path: Path, mimetype: str | None = None, *, root: Path) -> R
         fh = path.open("rb")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
         abort(404)  # ValueError: a NUL byte in the name
-    if not _fd_path_is(fh.fileno(), _expected_real(root, path)):
+    if not _fd_path_is(fh.fileno(), _expected_real(root, path), path):
         fh.close()
         abort(404)
     st = os.fstat(fh.fileno())

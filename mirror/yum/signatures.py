@@ -213,16 +213,20 @@ class StreamingVerifier:
 
     def __enter__(self) -> StreamingVerifier:
         rpmkeys = _program("rpmkeys", "rpm")
-        tmp = self._stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="mirror-rpmkeys-", dir=_scratch_dir())
-        )
-        self._work = Path(tmp)
+        # __exit__ does not run when __enter__ raises: close what was opened here ourselves.
         try:
+            tmp = self._stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="mirror-rpmkeys-", dir=_scratch_dir())
+            )
+            self._work = Path(tmp)
             self._keyring = _keyring(self.repo, rpmkeys, self.keys, self._work)
+            self._pool = self._stack.enter_context(ThreadPoolExecutor(max_workers=WORKERS))
         except subprocess.TimeoutExpired as exc:
             self._stack.close()
             raise _timed_out(self.repo, exc) from None
-        self._pool = self._stack.enter_context(ThreadPoolExecutor(max_workers=WORKERS))
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

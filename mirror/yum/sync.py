@@ -27,6 +27,7 @@ from mirror.yum.checksums import ChecksumCache
 from mirror.yum.download import download_packages
 from mirror.yum.metadata import (
     REPOMD,
+    PackageRef,
     UpstreamMetadata,
     fetch_metadata_files,
     fetch_repomd,
@@ -133,7 +134,6 @@ def sync_target(
 ) -> RepoResult:
     """Stages 1-6 for one repo target; raises MirrorError (or OSError, LocalWriteError) on
     failure, leaving the published copy as it was. `previous`: its record of the last run."""
-    d = target.definition
     opts = _options(target)
     published = publish_dir(cfg, target)
     staging = staging_dir(cfg, target)
@@ -144,17 +144,11 @@ def sync_target(
     )
     if previous is None:
         previous = state.load(cfg.state_root, "repos", target.key)
-    keyfile = key_path(cfg, d.id)
 
     # Stage 1: repomd.xml. When it is what we published from last time, we are done.
     baseurl, repomd = fetch_repomd(target.key, target.baseurls, fetcher, opts)
     fingerprint = _fingerprint(repomd, cfg, target)
-    up_to_date = (
-        previous.fingerprint == fingerprint
-        and (published / REPOMD).exists()
-        and (keyfile.exists() or not target.gpgkeys)
-    )
-    if up_to_date:
+    if _up_to_date(cfg, target, previous, fingerprint, published):
         log.info("%s: unchanged upstream, nothing to do", target.key)
         return RepoResult(
             target.key,
@@ -163,22 +157,8 @@ def sync_target(
             total_bytes=previous.bytes,
             fingerprint=fingerprint,
         )
-
     keys = fetch_keys(target, fetcher, opts) if target.gpgkeys else b""
-    signature = None
-    if d.repo_gpgcheck:
-        sig_url = join_url(baseurl, REPOMD + ".asc")
-        try:
-            signature = fetcher.get_bytes(sig_url, opts, limit=1024 * 1024)
-            gpg.verify_detached(repomd, signature, keys)
-        except FetchError as exc:
-            raise RepoSyncError(
-                target.key, f"repo_gpgcheck: cannot fetch repomd.xml.asc: {exc}", sig_url
-            ) from None
-        except gpg.SignatureError as exc:
-            raise RepoSyncError(
-                target.key, f"repo_gpgcheck: repomd.xml.asc: {exc}", sig_url
-            ) from None
+    signature = _verified_signature(target, fetcher, opts, baseurl, repomd, keys)
 
     # Stages 2-3: metadata files, verified; then the package list.
     meta_dir = staging / "meta"
@@ -191,20 +171,7 @@ def sync_target(
 
     # Stage 4: plan.
     checksums = ChecksumCache(cfg.state_root / "checksums" / f"{target.key}.json")
-    try:
-        plan = make_plan(packages, cfg.repo_filters.get(d.id), published, checksums)
-    except DuplicateHref as exc:
-        raise RepoSyncError(
-            target.key, f"primary lists {exc} twice with different checksums"
-        ) from None
-    log.info(
-        "%s: %d packages upstream, %d selected, %d to download (%s)",
-        target.key,
-        len(packages),
-        len(plan.selected),
-        len(plan.to_download),
-        human_bytes(plan.download_bytes),
-    )
+    plan = _plan(cfg, target, packages, published, checksums)
     if dry_run:
         # One write, not one log record per package: a 60,000-package plan is the output.
         lines = (f"{target.key}: would download {p.href}\n" for p in plan.to_download)
@@ -216,24 +183,8 @@ def sync_target(
 
     # Stage 5: download into staging, after making sure it can fit (a primary claiming
     # terabytes must not fill data_dir before a checksum could catch it).
-    pkg_staging = staging / "packages"
-    check_space(target.key, plan, pkg_staging, data_dir=cfg.data_dir)
-    if d.gpgcheck and plan.to_download:
-        # Every new package signed by one of the repo's keys before publishing; checked as
-        # each one lands, alongside the remaining transfers.
-        with StreamingVerifier(target.key, keys) as verifier:
-            download_packages(
-                target.key,
-                baseurl,
-                plan.to_download,
-                pkg_staging,
-                fetcher,
-                opts,
-                on_ready=lambda pkg: verifier.add(pkg_staging / pkg.href, pkg.nevra),
-            )
-            verifier.finish()
-    else:
-        download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
+    check_space(target.key, plan, staging / "packages", data_dir=cfg.data_dir)
+    _download(target, baseurl, plan, staging / "packages", fetcher, keys)
 
     # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
     _publish(cfg, target, meta, plan, keys, published, staging)
@@ -249,6 +200,92 @@ def sync_target(
         total_bytes=plan.total_bytes,
         fingerprint=fingerprint,
     )
+
+
+def _up_to_date(
+    cfg: Config, target: RepoTarget, previous: state.RepoRecord, fingerprint: str, published: Path
+) -> bool:
+    """Upstream's repomd.xml (and our filter) is what the published copy was made from."""
+    return (
+        previous.fingerprint == fingerprint
+        and (published / REPOMD).exists()
+        and (key_path(cfg, target.repo_id).exists() or not target.gpgkeys)
+    )
+
+
+def _verified_signature(
+    target: RepoTarget,
+    fetcher: Fetcher,
+    opts: RequestOptions,
+    baseurl: str,
+    repomd: bytes,
+    keys: bytes,
+) -> bytes | None:
+    """repomd.xml.asc checked against the repo's keys (repo_gpgcheck=1), else None."""
+    if not target.definition.repo_gpgcheck:
+        return None
+    sig_url = join_url(baseurl, REPOMD + ".asc")
+    try:
+        signature = fetcher.get_bytes(sig_url, opts, limit=1024 * 1024)
+        gpg.verify_detached(repomd, signature, keys)
+    except FetchError as exc:
+        raise RepoSyncError(
+            target.key, f"repo_gpgcheck: cannot fetch repomd.xml.asc: {exc}", sig_url
+        ) from None
+    except gpg.SignatureError as exc:
+        raise RepoSyncError(target.key, f"repo_gpgcheck: repomd.xml.asc: {exc}", sig_url) from None
+    return signature
+
+
+def _plan(
+    cfg: Config,
+    target: RepoTarget,
+    packages: list[PackageRef],
+    published: Path,
+    checksums: ChecksumCache,
+) -> Plan:
+    try:
+        plan = make_plan(packages, cfg.repo_filters.get(target.repo_id), published, checksums)
+    except DuplicateHref as exc:
+        raise RepoSyncError(
+            target.key, f"primary lists {exc} twice with different checksums"
+        ) from None
+    log.info(
+        "%s: %d packages upstream, %d selected, %d to download (%s)",
+        target.key,
+        len(packages),
+        len(plan.selected),
+        len(plan.to_download),
+        human_bytes(plan.download_bytes),
+    )
+    return plan
+
+
+def _download(
+    target: RepoTarget,
+    baseurl: str,
+    plan: Plan,
+    pkg_staging: Path,
+    fetcher: Fetcher,
+    keys: bytes,
+) -> None:
+    """Stage 5. With gpgcheck=1 every new package must be signed by one of the repo's keys
+    before it is published: checked as each one lands, alongside the remaining transfers."""
+    opts = _options(target)
+    if not (target.definition.gpgcheck and plan.to_download):
+        download_packages(target.key, baseurl, plan.to_download, pkg_staging, fetcher, opts)
+        return
+    with StreamingVerifier(target.key, keys) as verifier:
+        download_packages(
+            target.key,
+            baseurl,
+            plan.to_download,
+            pkg_staging,
+            fetcher,
+            opts,
+            on_ready=lambda pkg: verifier.add(pkg_staging / pkg.href, pkg.nevra),
+        )
+        verifier.finish()
 
 
 def _publish(
