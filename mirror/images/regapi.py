@@ -20,6 +20,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from mirror.errors import ImageSyncError
 from mirror.http import Fetcher, FetchError, Reply, RequestOptions
@@ -218,6 +219,9 @@ class RegistryAPI:
                 origin, target = moved, reply.url
                 repository = _repository_in(reply.url) or repository
                 auth = {}
+                # Credentials are for the registry they were given for: never hand them to
+                # the host a redirect points at (libcurl drops them across hosts on purpose).
+                creds = authfile.lookup(urlsplit(reply.url).netloc, repository)
             challenge = self._auth.learn(origin, reply.headers.get("www-authenticate"))
             if challenge is None or (challenge.scheme == "basic" and creds is None):
                 break
