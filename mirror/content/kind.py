@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mirror.config import Config
 from mirror.state import Record
+
+if TYPE_CHECKING:
+    from mirror.http import Fetcher
 
 
 @dataclass(frozen=True)
@@ -98,3 +101,26 @@ class Kind(Protocol):
     def status_line(self, record: Any) -> str:
         """One line of `mirror status`."""
         ...
+
+
+def outcome_fields(record: Record) -> dict[str, Any]:
+    """What every kind's `describe` row ends with: the sync outcome of the item."""
+    return {
+        "last_attempt": record.last_attempt,
+        "last_success": record.last_success,
+        "last_error": record.last_error,
+        "duration_s": record.duration_s,
+        "ok": record.ok,
+    }
+
+
+def configured_fetcher(cfg: Config, parallel: int | None = None) -> Fetcher:
+    """The HTTP client a kind's session uses, tuned by the config (download_workers,
+    http_timeout, http_retries)."""
+    from mirror.http import Fetcher
+
+    return Fetcher(
+        parallel=parallel or cfg.download_workers,
+        timeout=cfg.http_timeout,
+        retries=cfg.http_retries,
+    )

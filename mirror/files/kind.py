@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mirror.config import Config
-from mirror.content.kind import Outcome, SyncRequest
+from mirror.content.kind import Outcome, SyncRequest, configured_fetcher, outcome_fields
 from mirror.files.record import FileRecord
 from mirror.progress import human_bytes
 
@@ -42,9 +42,8 @@ class FileKind:
     @contextmanager
     def session(self, cfg: Config, dry_run: bool) -> Iterator[Any]:
         from mirror.files.sync import FileSession
-        from mirror.http import Fetcher
 
-        with Fetcher(parallel=1, timeout=cfg.http_timeout, retries=cfg.http_retries) as fetcher:
+        with configured_fetcher(cfg, parallel=1) as fetcher:
             yield FileSession(cfg, fetcher)
 
     def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
@@ -77,11 +76,7 @@ class FileKind:
             "changed_upstream": record.changed_upstream,
             "images": list(record.images),
             "image_warnings": list(record.image_warnings),
-            "last_attempt": record.last_attempt,
-            "last_success": record.last_success,
-            "last_error": record.last_error,
-            "duration_s": record.duration_s,
-            "ok": record.ok,
+            **outcome_fields(record),
         }
 
     def gauge_values(self, record: Any) -> dict[str, float | None]:

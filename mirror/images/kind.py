@@ -10,7 +10,7 @@ from typing import Any
 
 from mirror import state
 from mirror.config import Config
-from mirror.content.kind import Outcome, PlanProblem, SyncRequest
+from mirror.content.kind import Outcome, PlanProblem, SyncRequest, outcome_fields
 
 log = logging.getLogger("mirror.images")
 
@@ -67,11 +67,7 @@ class ImageKind:
             "mirrored": " ".join(record.mirrored) or None,
             "digest": record.digest,
             "platforms": record.platforms,
-            "last_attempt": record.last_attempt,
-            "last_success": record.last_success,
-            "last_error": record.last_error,
-            "duration_s": record.duration_s,
-            "ok": record.ok,
+            **outcome_fields(record),
         }
 
     def gauge_values(self, record: Any) -> dict[str, float | None]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mirror import state
 from mirror.config import Config
-from mirror.content.kind import Outcome, SyncRequest
+from mirror.content.kind import Outcome, SyncRequest, configured_fetcher, outcome_fields
 from mirror.errors import LocalDiskError
 from mirror.progress import human_bytes
 
@@ -41,11 +41,7 @@ class RepoKind:
 
     @contextmanager
     def session(self, cfg: Config, dry_run: bool) -> Iterator[Any]:
-        from mirror.http import Fetcher
-
-        with Fetcher(
-            parallel=cfg.download_workers, timeout=cfg.http_timeout, retries=cfg.http_retries
-        ) as fetcher:
+        with configured_fetcher(cfg) as fetcher:
             yield RepoSession(cfg, fetcher)
 
     def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
@@ -75,11 +71,7 @@ class RepoKind:
             "upstream": record.upstream,
             "packages": record.packages,
             "bytes": record.bytes,
-            "last_attempt": record.last_attempt,
-            "last_success": record.last_success,
-            "last_error": record.last_error,
-            "duration_s": record.duration_s,
-            "ok": record.ok,
+            **outcome_fields(record),
         }
 
     def gauge_values(self, record: Any) -> dict[str, float | None]:
