@@ -33,9 +33,10 @@ others; what was mirrored before stays in the registry.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mirror import state
 from mirror.config import Config
@@ -267,6 +268,16 @@ class ImageSession:
     cfg: Config
     api: RegistryAPI
     wanted: list[Platform] | None
+    _repo_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def repository_lock(self, repository: str) -> threading.Lock:
+        """One image of a repository at a time: two skopeo copies pushing the same blobs and
+        an index into one repository at once can see each other's half-written uploads, and
+        skopeo then falls back to converting the index, which --preserve-digests forbids
+        (seen as a flaky failure copying nginx:1.25 and nginx@sha256:... together)."""
+        with self._guard:
+            return self._repo_locks.setdefault(repository, threading.Lock())
 
 
 @contextmanager
@@ -288,7 +299,10 @@ def sync_one(
     session: ImageSession, job: ImageJob, record: state.ImageRecord, dry_run: bool
 ) -> ImageResult:
     """One image through stages 1-3; its record gets what the destinations now hold."""
-    result, resolved = sync_image(session.cfg, session.api, job, session.wanted, dry_run, record)
+    with session.repository_lock(job.source.repository):
+        result, resolved = sync_image(
+            session.cfg, session.api, job, session.wanted, dry_run, record
+        )
     record.digest = result.digest
     record.mirrored = list(job.destinations)
     record.platforms = list(result.platforms)
