@@ -161,6 +161,28 @@ def test_kubeadm_runs_with_empty_env_and_as_nobody_without_network(scratch: Path
         kubeadm_binary.RUN_TIMEOUT = saved
 
 
+def test_kubeadm_output_is_bounded_while_it_is_read(scratch: Path) -> None:
+    """A binary that prints without end is stopped at the cap (not buffered first), and one
+    that floods stderr while succeeding cannot deadlock the pipes."""
+    flood = scratch / "flood"
+    flood.write_text("#!/bin/sh\nwhile :; do echo registry.k8s.io/pause:3.10; done\n")
+    noisy = scratch / "noisy"
+    noisy.write_text(
+        "#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' w >&2\n"
+        "echo registry.k8s.io/kube-apiserver:v1.36.6\n"
+    )
+    for script in (flood, noisy):
+        script.chmod(0o755)
+    kubeadm_binary.RUN_TIMEOUT, saved = 20.0, kubeadm_binary.RUN_TIMEOUT
+    try:
+        with pytest.raises(KubeadmBinaryError, match="printed over"):
+            run_images_list(flood, "v1.36.6", "flood")
+        listed = run_images_list(noisy, "v1.36.6", "noisy")
+        assert listed == ["registry.k8s.io/kube-apiserver:v1.36.6"]
+    finally:
+        kubeadm_binary.RUN_TIMEOUT = saved
+
+
 def test_key_listing_expiry_and_warning_levels() -> None:
     listing = (
         "pub:-:3072:1:AAAA:1700000000:1800000000::-:::scESC::::::23::0:\n"

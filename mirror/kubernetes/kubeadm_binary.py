@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import pwd
+import selectors
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,24 +213,67 @@ def run_images_list(binary: Path, version: str, rpm: str) -> list[str]:
     argv = [*prefix, str(binary), "config", "images", "list", "--kubernetes-version", version]
     log.debug("running %s (%s)", " ".join(argv), how)
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env={},  # nothing from ours: no proxy settings, no KUBECONFIG, no HOME
-            cwd=binary.parent,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
+        code, out, err = _bounded_run(argv, binary.parent, RUN_TIMEOUT, MAX_OUTPUT)
     except subprocess.TimeoutExpired:
         raise KubeadmBinaryError(version, rpm, f"did not finish in {RUN_TIMEOUT:.0f}s") from None
     except OSError as exc:
         raise KubeadmBinaryError(version, rpm, f"cannot run: {exc.strerror or exc}") from None
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        last = err[-1][:300] if err else "no message"
-        raise KubeadmBinaryError(version, rpm, f"exited {proc.returncode}: {last}")
-    return parse_output(proc.stdout, version, rpm)
+    if out is None:
+        raise KubeadmBinaryError(version, rpm, f"printed over {MAX_OUTPUT} bytes")
+    if code != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        last = lines[-1][:300] if lines else "no message"
+        raise KubeadmBinaryError(version, rpm, f"exited {code}: {last}")
+    return parse_output(out, version, rpm)
+
+
+def _bounded_run(
+    argv: list[str], cwd: Path, timeout: float, cap: int
+) -> tuple[int, bytes | None, bytes]:
+    """Run with an empty environment; (exit code, stdout or None past `cap`, stderr's last
+    `cap` bytes). Both pipes are drained as the program writes (no deadlock on a chatty
+    stderr), stdout is refused as soon as it exceeds `cap` (a hostile binary cannot make us
+    buffer gigabytes), and one deadline covers the whole run."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={},  # nothing from ours: no proxy settings, no KUBECONFIG, no HOME
+        cwd=cwd,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        try:
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                for key, _ in sel.select(remaining):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
+                    if key.data is out and len(out) > cap:
+                        proc.kill()
+                        proc.wait()
+                        return -9, None, bytes(err)
+                    if key.data is err:
+                        del err[:-cap]
+            code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+    return code, bytes(out), bytes(err)
 
 
 def parse_output(out: bytes, version: str, rpm: str) -> list[str]:
