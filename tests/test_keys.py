@@ -50,6 +50,8 @@ def test_binary_and_armoured_keys_concatenate_into_one_importable_file(
         check=True,
         capture_output=True,
     ).stdout
+    # Key generation started a gpg-agent for that home: stop it (never left behind).
+    subprocess.run(["gpgconf", "--homedir", str(other_home), "--kill", "gpg-agent"], check=False)
     combined = _armored(_export(gpg_key, "--armor") + b"\n\n") + _armored(other)
     fingerprints = gpg.key_fingerprints(combined)  # primary keys and their subkeys
     assert gpg_key.keyid in fingerprints and len(fingerprints) >= 3
