@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, request
-from werkzeug.security import safe_join
+from flask import Blueprint, Response, current_app
 
 from mirror.config import Config
 from mirror.files.content_types import content_type
 from mirror.files.record import files_root
-from mirror.web.repos import _expected_real, _listing, _real_path_is, send_consistent
+from mirror.web.repos import send_consistent, tree_entry
 
 bp = Blueprint("files", __name__)
 CHARTS_DIR = "charts"  # data_dir/charts/<repo-name>/: index.yaml and .tgz (mirror.charts)
@@ -43,22 +42,11 @@ def charts_tree(subpath: str) -> Response:
 
 
 def serve_tree(root: Path, subpath: str) -> Response:
-    """A file or a directory listing below `root`, or 404."""
-    target = safe_join(str(root), subpath) if subpath else str(root)
-    # Hidden names anywhere in the path (downloads in progress, temp files) are not
-    # published; nginx's rule is the same (`location ~ /\\.`).
-    if target is None or any(part.startswith(".") for part in subpath.split("/")):
-        abort(404)
-    path = Path(target)
-    if path.is_dir():
-        if not _real_path_is(str(path), _expected_real(root, path)):
-            abort(404)  # a symlinked directory below root
-        if subpath and not request.path.endswith("/"):
-            return Response(status=301, headers={"Location": request.path + "/"})
-        return _listing(path, request.path)
-    if not path.is_file() or path.name.endswith(".part"):
-        abort(404)
-    resp = send_consistent(path, content_type(path.name), root=root)
+    """A file or a directory listing below `root`, or 404 (mirror.web.repos.tree_entry)."""
+    found = tree_entry(root, subpath)
+    if isinstance(found, Response):
+        return found
+    resp = send_consistent(found, content_type(found.name), root=root)
     # Upstream content under the mirror's origin: no browser may sniff it into HTML.
     resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp

@@ -32,24 +32,34 @@ def _definitions() -> list[RepoDefinition]:
 @bp.get("/repos/<path:subpath>")
 def repo_tree(subpath: str) -> Response:
     root = _cfg().repos_root
+    found = tree_entry(root, subpath)
+    if isinstance(found, Response):
+        return found
+    resp = send_consistent(found, root=root)
+    if found.name == "repomd.xml" or found.name.startswith("repomd.xml."):
+        resp.headers["Cache-Control"] = "no-cache"  # the one file that changes in place
+    return resp
+
+
+def tree_entry(root: Path, subpath: str) -> Path | Response:
+    """The published file below `root` that `subpath` names; for a directory its listing
+    (or the redirect to its trailing-slash URL); 404 for anything else. Every static tree
+    (/repos/, /files/, /charts/) is looked up this way, with nginx's rules."""
     target = safe_join(str(root), subpath) if subpath else str(root)
-    # Hidden names anywhere in the path (temp files, a staging dir) are not published;
-    # nginx's rule is the same (`location ~ /\.`).
+    # Hidden names anywhere in the path (temp files, downloads in progress, a staging dir)
+    # are not published; nginx's rule is the same (`location ~ /\.`).
     if target is None or any(part.startswith(".") for part in subpath.split("/")):
         abort(404)
     path = Path(target)
     if path.is_dir():
         if not _real_path_is(str(path), _expected_real(root, path)):
-            abort(404)
+            abort(404)  # a symlinked directory below root
         if subpath and not request.path.endswith("/"):
             return Response(status=301, headers={"Location": request.path + "/"})
         return _listing(path, request.path)
-    if not path.is_file() or path.name.endswith((".part",)) or path.name.startswith("."):
+    if not path.is_file() or path.name.endswith(".part"):
         abort(404)
-    resp = send_consistent(path, root=root)
-    if path.name == "repomd.xml" or path.name.startswith("repomd.xml."):
-        resp.headers["Cache-Control"] = "no-cache"  # the one file that changes in place
-    return resp
+    return path
 
 
 def _expected_real(root: Path, path: Path) -> str:
