@@ -58,8 +58,8 @@ def _options(target: RepoTarget) -> RequestOptions:
     return RequestOptions(d.sslverify, d.proxy, d.username, d.password)
 
 
-def key_path(cfg: Config, repo_id: str) -> Path:
-    return cfg.keys_root / f"{repo_id}.gpg"
+def key_path(cfg: Config, target: RepoTarget) -> Path:
+    return cfg.keys_root / target.key_file
 
 
 def fetch_keys(target: RepoTarget, fetcher: Fetcher, opts: RequestOptions) -> bytes:
@@ -217,7 +217,7 @@ def _up_to_date(
     return (
         previous.fingerprint == fingerprint
         and (published / REPOMD).exists()
-        and (key_path(cfg, target.repo_id).exists() or not target.gpgkeys)
+        and (key_path(cfg, target).exists() or not target.gpgkeys)
     )
 
 
@@ -344,7 +344,7 @@ def _publish(
         [cfg.repos_root.joinpath(*target.subpath), staging, cfg.keys_root],
     )
     if keys:
-        fsutil.atomic_write(key_path(cfg, target.repo_id), keys)
+        fsutil.atomic_write(key_path(cfg, target), keys)
     if plan.filtered:
         source = staging / "generated"
         repomd, hrefs = publish.generate_filtered_metadata(target.key, meta, plan.selected, source)
