@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -287,9 +286,9 @@ def test_a_server_that_cannot_start_is_one_error(
     assert "Address already in use" in proc.stdout + proc.stderr
 
 
-def _runtime_dirs_of(pid: int) -> list[Path]:
+def _runtime_dirs_of(pid: int, base: Path) -> list[Path]:
     found = []
-    for d in Path(tempfile.gettempdir()).glob("mirror-serve-*"):
+    for d in base.glob("mirror-serve-*"):
         try:
             if (d / "serve.pid").read_text().strip() == str(pid):
                 found.append(d)
@@ -300,22 +299,32 @@ def _runtime_dirs_of(pid: int) -> list[Path]:
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_one_signal_stops_everything(synced: Mirror, frontend: str, how: str) -> None:
+def test_one_signal_stops_everything(
+    synced: Mirror, frontend: str, how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A runtime base of this test's own: any other `mirror serve` starting on the machine
+    # meanwhile (another test, another run) removes stale dirs of dead servers in $TMPDIR,
+    # the very dirs the SIGKILL case checks are left behind.
+    base = tmp_path / "run"
+    base.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(base))
     m = on_port(synced)
     start_serve(m, frontend)
     proc = m.procs[-1]
     try:
-        _stop_and_check(m, proc, frontend, how)
+        _stop_and_check(m, proc, frontend, how, base)
     finally:
         stop_process(proc)  # a failed check must not leave a server running
         for pid in _session_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
 
 
-def _stop_and_check(m: Mirror, proc: subprocess.Popen[str], frontend: str, how: str) -> None:
+def _stop_and_check(
+    m: Mirror, proc: subprocess.Popen[str], frontend: str, how: str, base: Path
+) -> None:
     children = [p for p in _session_pids(proc.pid) if p != proc.pid]
     assert len(children) >= (5 if frontend == "nginx" else 3), children  # masters + workers
-    runtime = _runtime_dirs_of(proc.pid)
+    runtime = _runtime_dirs_of(proc.pid, base)
     os.kill(proc.pid, getattr(signal, how))  # the main process only, not its group
     proc.wait(timeout=20)
     deadline = time.monotonic() + 15
