@@ -1,0 +1,95 @@
+"""Disk use of what the mirror holds: per repo, the registry storage, files, charts.
+
+One walk per tree with os.scandir (mirror.fsutil.walk: file types from the directory read,
+never following a symlink) and one lstat per regular file; sizes are allocated blocks
+(st_blocks), what `du` counts, so sparse or shared-nothing trees read right. Measured on a
+tree of 60,000 packages: see README ("Disk use").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mirror import fsutil
+from mirror.config import Config
+from mirror.progress import human_bytes
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes allocated to the regular files below `root` (0 when it does not exist); a file
+    removed while walking is skipped."""
+    total = 0
+    try:
+        for entry in fsutil.walk(root):
+            if entry.is_file(follow_symlinks=False):
+                try:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+                except FileNotFoundError:
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    return total
+
+
+def file_bytes(path: Path) -> int:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _repo_keys(cfg: Config) -> list[str]:
+    """Published repo targets, from the repo records (what `mirror status` lists)."""
+    from mirror import state
+
+    return [record.key for record in state.load_all(cfg.state_root, "repos")]
+
+
+def _filesystem(path: Path) -> dict[str, int] | None:
+    """Size and free space of the file system holding data_dir (None before it exists)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return {"total_bytes": st.f_blocks * st.f_frsize, "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def disk_use(cfg: Config) -> dict[str, Any]:
+    """The "disk_use" section of /api/status and `mirror status --json` (schema in
+    mirror/web/status_schema.json)."""
+    started = time.monotonic()
+    repos = {key: tree_bytes(cfg.repos_root.joinpath(*key.split("/"))) for key in _repo_keys(cfg)}
+    registry = None
+    if cfg.registry.embedded:
+        registry = tree_bytes(cfg.data_dir / "registry" / "storage")
+    files = tree_bytes(cfg.data_dir / "files")
+    charts = tree_bytes(cfg.data_dir / "charts")
+    return {
+        "repos": repos,
+        "repos_bytes": sum(repos.values()),
+        "registry_bytes": registry,
+        "files_bytes": files,
+        "charts_bytes": charts,
+        "filesystem": _filesystem(cfg.data_dir),
+        "measured_in_ms": round((time.monotonic() - started) * 1000),
+    }
+
+
+def disk_use_lines(use: dict[str, Any]) -> list[str]:
+    """`mirror status` lines for the disk_use section."""
+    lines = ["disk use:"]
+    for key, size in use["repos"].items():
+        lines.append(f"  repo {key:35} {human_bytes(size):>10}")
+    registry = use["registry_bytes"]
+    shown = "-" if registry is None else human_bytes(registry)
+    lines.append(f"  {'registry storage':40} {shown:>10}")
+    lines.append(f"  {'files':40} {human_bytes(use['files_bytes']):>10}")
+    lines.append(f"  {'charts':40} {human_bytes(use['charts_bytes']):>10}")
+    fs = use["filesystem"]
+    if fs is not None:
+        free, size = human_bytes(fs["free_bytes"]), human_bytes(fs["total_bytes"])
+        lines.append(f"  {'free on data_dir file system':40} {free:>10} of {size}")
+    return lines
