@@ -296,3 +296,43 @@ def test_prune_refuses_a_record_naming_a_path_outside_its_root(tmp_path: Path) -
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "'../../victim.txt'" in proc.stderr and "not a plain name" in proc.stderr
     assert victim.read_text() == "precious"
+
+
+@needs_registry
+def test_prune_keeps_a_platform_manifest_a_configured_index_names(
+    tmp_path: Path, images_upstream: tuple[RegistryProcess, dict[str, str]]
+) -> None:
+    """One platform configured: app:1 is mirrored as its linux/amd64 manifest, a child of the
+    index that a configured `app@sha256:<index>` mirrors whole. Removing app:1 must not
+    delete that child: the index would then name a manifest the registry no longer has."""
+    registry, digests = images_upstream
+    pinned = f"docker.io/library/app@{digests[KEEP]}"
+    cfg = write_mirror_config(
+        tmp_path / "m", registry, f"{KEEP}\n{pinned}\n", [], ["linux/amd64"]
+    )
+    local = yaml.safe_load(cfg.read_text())["registry"]["url"]
+    proc = run_mirror(cfg, "sync", "--only", "images")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cfg.parent / "images.txt").write_text(f"{pinned}\n")
+    proc = run_mirror(cfg, "prune")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if f"{local}/{KEEP}" in x]
+    assert line.startswith(f"keep image {local}/{KEEP}: sha256:")
+    assert f"is also {local}/docker.io/library/app@{digests[KEEP]}, " in line
+    assert "removed 0 images" in proc.stdout.splitlines()[-1]
+    service = subprocess.Popen(
+        [sys.executable, "-m", "mirror", "-c", str(cfg), "registry"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_registry(local)
+        dest = tmp_path / "out"
+        skopeo("copy", "--all", "--preserve-digests", "--quiet", "--src-tls-verify=false",
+               f"docker://{local}/{pinned}", f"oci:{dest}:x")  # every platform still there
+        assert json.loads((dest / "index.json").read_text())["manifests"][0]["digest"] == (
+            digests[KEEP]
+        )
+    finally:
+        stop_process(service)

@@ -18,10 +18,12 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import click
 
+from mirror import fsutil
 from mirror.errors import EXIT_OK
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from mirror.prune.images import ImagePlan
 
 log = logging.getLogger("mirror")
+_REPOSITORIES = Path("docker/registry/v2/repositories")  # distribution's storage layout
 
 
 class _HasConfig(Protocol):
@@ -94,26 +97,39 @@ def _image_lines(cfg: Config, plan: ImagePlan, verb: str) -> list[str]:
 
 def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, list[str]]:
     """Plan the images (None: not pruned here) and, unless a dry run, DELETE their manifests;
-    whether the registry was running; notes."""
+    whether the registry was running; notes. No registry is started when no recorded image
+    left the config, or when the storage holds nothing."""
     from mirror.errors import EnvironmentProblem
     from mirror.images.registry import private_registry, registry_answers
-    from mirror.prune.images import plan_images, wanted_images
+    from mirror.prune.images import apply_deletes, candidates, plan_images, wanted_images
 
     if not cfg.registry.embedded:
         note = "images not pruned: registry.embedded is false (the site registry's own "
         return None, False, [note + "retention and garbage collection apply)"]
     wanted = wanted_images(cfg)
+    found = candidates(cfg, wanted)
     online = registry_answers(cfg.registry.url, cfg.registry.tls_verify)
+    if not found.names or not (_storage(cfg) / _REPOSITORIES).is_dir():
+        return plan_images(cfg, None, wanted, found), online, []
     context = nullcontext(cfg.registry.url) if online else private_registry(cfg)
     with context as url, _registry_api(cfg, url) as api:
-        plan = plan_images(cfg, api, wanted)
+        plan = plan_images(cfg, api, wanted, found)
         if plan.deletes and online and not dry_run:
             raise EnvironmentProblem(_running_message(cfg) + "; nothing was removed")
         if plan.deletes and not dry_run:
-            from mirror.prune.images import apply_deletes
-
+            fsutil.atomic_write_text(_gc_pending(cfg), "manifests deleted\n")
             apply_deletes(api, plan)
     return plan, online, []
+
+
+def _storage(cfg: Config) -> Path:
+    return cfg.data_dir / "registry" / "storage"
+
+
+def _gc_pending(cfg: Config) -> Path:
+    """Written before the first manifest is deleted, removed once garbage was collected: a
+    prune cut short (or refused at the collection) collects on the next run."""
+    return cfg.data_dir / "registry" / "gc-pending"
 
 
 def run_prune(cfg: Config, dry_run: bool) -> list[str]:
@@ -123,7 +139,7 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
     from mirror.prune import content
 
     verb = "would remove" if dry_run else "remove"
-    storage = cfg.data_dir / "registry" / "storage"
+    storage = _storage(cfg)
     with sync_lock(cfg):
         removals = content.stale_files(cfg) + content.stale_charts(cfg)
         repos, notes = content.stale_repos(cfg)
@@ -140,6 +156,8 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
                 lines += _finish_images(cfg, plan, online)
             _render_node_files(cfg)
         after = diskuse.tree_bytes(storage)
+    if dry_run and _gc_pending(cfg).exists():
+        notes.append("registry garbage collection pending from an earlier prune")
     lines += [f"note: {n}" for n in notes + image_notes]
     lines.append(_summary(plan, removals, before, after, dry_run))
     return lines
@@ -152,14 +170,17 @@ def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
     from mirror.prune.images import drop_records
 
     drop_records(cfg, plan.records)
-    if online:  # nothing was deleted (else we refused): collect another time
-        return ["note: garbage collection skipped: the registry is running"]
+    if not _gc_pending(cfg).exists():
+        return []
+    if online:  # manifests deleted by an earlier run: collect when it is stopped
+        return ["note: garbage collection still pending: the registry is running"]
     if registry_answers(cfg.registry.url, cfg.registry.tls_verify):
         raise EnvironmentProblem(
             _running_message(cfg) + "; it started while pruning: manifests were deleted but "
-            "their blobs not collected"
+            "their blobs not collected yet"
         )
     gc = garbage_collect(cfg)
+    fsutil.unlink_durable(_gc_pending(cfg))
     if gc.blobs_deleted is None:
         return ["registry garbage collection done"]
     return [

@@ -139,24 +139,44 @@ class _Repository:
         return ImageRemoval(name, self.repository, found.digest, size=size)
 
 
-def plan_images(cfg: Config, api: RegistryAPI, wanted: Wanted) -> ImagePlan:
-    """What to delete, read through `api` (whose local_url serves the embedded storage)."""
-    plan = ImagePlan()
-    removed: dict[str, list[tuple[str, ImageRef]]] = {}  # repository -> recorded names
+@dataclass
+class Candidates:
+    """Recorded names no longer configured, by repository; no registry read yet."""
+
+    names: dict[str, list[tuple[str, ImageRef]]] = field(default_factory=dict)
+    records: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def candidates(cfg: Config, wanted: Wanted) -> Candidates:
+    found = Candidates()
     for record in state.load_all(cfg.state_root, "images"):
         if record.key not in wanted.keys:
-            plan.records.append(record.key)
+            found.records.append(record.key)
         for name in record.mirrored:
             if name in wanted.names:
                 continue
             ref = _ours(cfg, name)
             if ref is None:
-                plan.notes.append(f"left alone: {name} (not under {cfg.registry.url}/<host>/)")
+                found.notes.append(f"left alone: {name} (not under {cfg.registry.url}/<host>/)")
                 continue
-            removed.setdefault(ref.path, []).append((name, ref))
+            found.names.setdefault(ref.path, []).append((name, ref))
+    return found
+
+
+def plan_images(
+    cfg: Config, api: RegistryAPI | None, wanted: Wanted, found: Candidates
+) -> ImagePlan:
+    """What to delete, read through `api` (whose local_url serves the embedded storage);
+    without one (the storage holds nothing) every candidate is only forgotten."""
+    plan = ImagePlan(records=found.records, notes=found.notes)
     configured = [r for r in (_ours(cfg, n) for n in wanted.names) if r is not None]
-    for repository in sorted(removed):
-        _plan_repository(api, repository, removed[repository], configured, plan)
+    for repository in sorted(found.names):
+        if api is None:
+            names = sorted(found.names[repository])
+            plan.removals += [ImageRemoval(name, repository, None) for name, _ in names]
+        else:
+            _plan_repository(api, repository, found.names[repository], configured, plan)
     return plan
 
 
