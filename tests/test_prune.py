@@ -25,6 +25,7 @@ from tests.fixtures.helmrepo import HelmRepo
 from tests.fixtures.registry import (
     RegistryProcess,
     manifest_digest,
+    move_tag,
     push_image,
     skopeo,
     start_registry,
@@ -43,6 +44,7 @@ ALIAS = "docker.io/library/app:alias"  # same content as app:1: one digest, two 
 DROP = "docker.io/library/app:2"
 DROP_REPO = "quay.io/team/tool:1"  # the only image of its repository
 PINNED_SEED = "registry.k8s.io/pinned:1"
+NOTHING = "removed 0 images, 0 untagged manifests, 0 files, 0 chart repos, 0 repos;"
 
 
 def run_mirror(cfg: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -110,6 +112,7 @@ def test_prune_removes_exactly_the_images_no_longer_configured(
     assert f"would remove image {local}/{DROP_REPO} {digests[DROP_REPO]}" in out
     assert f"keep image {local}/{ALIAS}: {digests[KEEP]} is also {local}/{KEEP}, " in out
     assert f"{local}/{KEEP} " not in out and "pinned" not in out
+    assert "untagged manifest " not in out
     assert "nothing changed" in out.splitlines()[-1]
     assert _tree(storage) == before  # not one byte changed
     assert sorted(os.listdir(cfg.parent / "data" / "state" / "images")) == records
@@ -174,7 +177,7 @@ def test_prune_removes_exactly_the_images_no_longer_configured(
     assert keys == {KEEP, pinned}
     again = run_mirror(cfg, "prune")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "removed 0 images, 0 files, 0 chart repos, 0 repos;" in again.stdout.splitlines()[-1]
+    assert NOTHING in again.stdout.splitlines()[-1]
     assert tree_bytes(storage) == pruned
 
 
@@ -269,7 +272,8 @@ def test_prune_removes_files_chart_repos_and_repo_targets_no_longer_configured(
         assert (data / kept).exists(), kept
     assert not list((data / ".staging" / "prune").iterdir())  # nothing left in the trash
     summary = proc.stdout.splitlines()[-1]
-    assert summary.startswith("prune: removed 0 images, 1 file, 1 chart repo, 2 repos; content")
+    assert summary.startswith("prune: removed 0 images, 0 untagged manifests, 1 file, 1 chart ")
+    assert "1 chart repo, 2 repos;" in summary
     freed = int(summary.split("content ")[1].split(" bytes")[0])
     assert freed > 32000  # drop.txt alone is 32 kB, plus two repos and a chart repo
     status = json.loads(mirror.run("status", "--json").stdout)
@@ -278,7 +282,7 @@ def test_prune_removes_files_chart_repos_and_repo_targets_no_longer_configured(
     assert [c["key"] for c in status["charts"]] == ["stable"]
     # What stays is what the next sync expects: it has nothing to add back.
     again = mirror.run("prune").stdout.splitlines()[-1]
-    assert again.startswith("prune: removed 0 images, 0 files, 0 chart repos, 0 repos;")
+    assert again.startswith(f"prune: {NOTHING}")
 
 
 def test_prune_refuses_a_record_naming_a_path_outside_its_root(tmp_path: Path) -> None:
@@ -334,5 +338,49 @@ def test_prune_keeps_a_platform_manifest_a_configured_index_names(
         assert json.loads((dest / "index.json").read_text())["manifests"][0]["digest"] == (
             digests[KEEP]
         )
+    finally:
+        stop_process(service)
+
+
+@needs_registry
+def test_prune_removes_what_a_moved_tag_left_behind(
+    tmp_path: Path, images_upstream: tuple[RegistryProcess, dict[str, str]]
+) -> None:
+    """A tag that moved upstream is copied again by the sync; its earlier index and platform
+    manifests stay in the repository, untagged, holding their layers. Prune deletes exactly
+    those, and the tag keeps serving the new digest."""
+    registry, digests = images_upstream
+    cfg = write_mirror_config(tmp_path / "m", registry, f"{KEEP}\n{DROP}\n", [], "all")
+    local = yaml.safe_load(cfg.read_text())["registry"]["url"]
+    assert run_mirror(cfg, "sync", "--only", "images").returncode == 0
+    storage = cfg.parent / "data" / "registry" / "storage"
+    moved = move_tag(registry, KEEP, tmp_path / "build", seed="rebuilt")
+    proc = run_mirror(cfg, "sync", "--only", "images")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grown = tree_bytes(storage)
+    proc = run_mirror(cfg, "prune", "--dry-run")
+    untagged = [x for x in proc.stdout.splitlines() if "untagged manifest " in x]
+    old = f"{local}/docker.io/library/app@{digests[KEEP]}"
+    assert len(untagged) == 3  # the old index and its two platform manifests
+    assert any(x.startswith(f"would remove untagged manifest {old} ") for x in untagged)
+    assert tree_bytes(storage) == grown
+    proc = run_mirror(cfg, "prune")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "removed 0 images, 3 untagged manifests" in proc.stdout.splitlines()[-1]
+    assert tree_bytes(storage) < grown
+    service = subprocess.Popen(
+        [sys.executable, "-m", "mirror", "-c", str(cfg), "registry"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_registry(local)
+        assert manifest_digest(f"{local}/{KEEP}") == moved
+        assert manifest_digest(f"{local}/{DROP}") == digests[DROP]  # untouched neighbour
+        assert _inspect(old).returncode != 0
+        dest = tmp_path / "out"
+        skopeo("copy", "--all", "--preserve-digests", "--quiet", "--src-tls-verify=false",
+               f"docker://{local}/{KEEP}", f"oci:{dest}:x")
     finally:
         stop_process(service)

@@ -92,6 +92,11 @@ def _image_lines(cfg: Config, plan: ImagePlan, verb: str) -> list[str]:
             )
         else:
             lines.append(f"{verb} image {r.name} {r.digest} (up to {human_bytes(r.size)})")
+    for r in plan.untagged:
+        lines.append(
+            f"{verb} untagged manifest {r.name} (no staying tag or configured digest names "
+            f"it, e.g. left by a tag that moved; up to {human_bytes(r.size)})"
+        )
     return lines + [f"note: {n}" for n in plan.notes]
 
 
@@ -109,7 +114,7 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
     wanted = wanted_images(cfg)
     found = candidates(cfg, wanted)
     online = registry_answers(cfg.registry.url, cfg.registry.tls_verify)
-    if not found.names or not (_storage(cfg) / _REPOSITORIES).is_dir():
+    if not found.repositories or not (_storage(cfg) / _REPOSITORIES).is_dir():
         return plan_images(cfg, None, wanted, found), online, []
     context = nullcontext(cfg.registry.url) if online else private_registry(cfg)
     with context as url, _registry_api(cfg, url) as api:
@@ -200,8 +205,8 @@ def _render_node_files(cfg: Config) -> None:
         log.warning("node files not rendered: %s", exc)
 
 
-def _counts(images: int, removals: list[ContentRemoval]) -> str:
-    labels = {"image": images}
+def _counts(images: int, untagged: int, removals: list[ContentRemoval]) -> str:
+    labels = {"image": images, "untagged manifest": untagged}
     for label in ("file", "chart repo", "repo"):
         labels[label] = sum(1 for r in removals if r.label == label)
     return ", ".join(f"{n} {label}{'' if n == 1 else 's'}" for label, n in labels.items())
@@ -217,10 +222,11 @@ def _summary(
     from mirror.progress import human_bytes
 
     deleted = [r for r in plan.removals if r.digest and not r.kept_by] if plan else []
+    estimate_bytes = sum(r.size for r in deleted + (plan.untagged if plan else []))
     content_bytes = sum(r.bytes for r in removals)
-    counts = _counts(len(deleted), removals)
+    counts = _counts(len(deleted), len(plan.untagged) if plan else 0, removals)
     if dry_run:
-        estimate = f"up to {human_bytes(sum(r.size for r in deleted))} of registry storage, "
+        estimate = f"up to {human_bytes(estimate_bytes)} of registry storage, "
         return (
             f"prune (dry run): would remove {counts}; {estimate if plan else ''}"
             f"{human_bytes(content_bytes)} of content; nothing changed"

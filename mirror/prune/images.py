@@ -11,11 +11,15 @@ and every configured digest is resolved first, with the platform manifests of in
 among them: a removed name resolving to one of those digests is kept (its tag stays, it
 costs no space). A removed index is deleted together with its platform manifests, or the
 garbage collection would keep their layers (untagged manifests still mark their blobs).
+Every other manifest of the mirror's repositories that nothing staying names (the earlier
+digest of a tag that moved upstream) is deleted as well.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,8 @@ from mirror.config import Config
 from mirror.errors import PruneError
 from mirror.images.refs import BadReference, ImageRef, parse_reference
 from mirror.images.regapi import RegistryAPI
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class ImageRemoval:
 @dataclass
 class ImagePlan:
     removals: list[ImageRemoval] = field(default_factory=list)
+    untagged: list[ImageRemoval] = field(default_factory=list)  # left by tags that moved
     deletes: dict[str, list[str]] = field(default_factory=dict)  # repository -> digests
     records: list[str] = field(default_factory=list)  # image record keys to drop
     notes: list[str] = field(default_factory=list)
@@ -144,12 +151,16 @@ class Candidates:
     """Recorded names no longer configured, by repository; no registry read yet."""
 
     names: dict[str, list[tuple[str, ImageRef]]] = field(default_factory=dict)
+    repositories: set[str] = field(default_factory=set)  # every one of ours, recorded or wanted
     records: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 def candidates(cfg: Config, wanted: Wanted) -> Candidates:
     found = Candidates()
+    for name in wanted.names:
+        if (ref := _ours(cfg, name)) is not None:
+            found.repositories.add(ref.path)
     for record in state.load_all(cfg.state_root, "images"):
         if record.key not in wanted.keys:
             found.records.append(record.key)
@@ -161,6 +172,7 @@ def candidates(cfg: Config, wanted: Wanted) -> Candidates:
                 found.notes.append(f"left alone: {name} (not under {cfg.registry.url}/<host>/)")
                 continue
             found.names.setdefault(ref.path, []).append((name, ref))
+            found.repositories.add(ref.path)
     return found
 
 
@@ -171,16 +183,31 @@ def plan_images(
     without one (the storage holds nothing) every candidate is only forgotten."""
     plan = ImagePlan(records=found.records, notes=found.notes)
     configured = [r for r in (_ours(cfg, n) for n in wanted.names) if r is not None]
-    for repository in sorted(found.names):
+    for repository in sorted(found.repositories):
+        names = sorted(found.names.get(repository, []))
         if api is None:
-            names = sorted(found.names[repository])
             plan.removals += [ImageRemoval(name, repository, None) for name, _ in names]
         else:
-            _plan_repository(api, repository, found.names[repository], configured, plan)
+            _plan_repository(cfg, api, repository, names, configured, plan)
     return plan
 
 
+def revisions(cfg: Config, repository: str) -> list[str]:
+    """Every manifest digest `repository` holds, tagged or not, from the storage's own index
+    (distribution's layout, read only: the API lists tags, never manifests)."""
+    from mirror.images.registry import registry_dir
+
+    where = registry_dir(cfg) / "storage" / "docker" / "registry" / "v2" / "repositories"
+    path = where.joinpath(*repository.split("/"), "_manifests", "revisions", "sha256")
+    try:
+        names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(f"sha256:{n}" for n in names if _HEX64.match(n))
+
+
 def _plan_repository(
+    cfg: Config,
     api: RegistryAPI,
     repository: str,
     names: list[tuple[str, ImageRef]],
@@ -202,6 +229,17 @@ def _plan_repository(
         reference = ref.tag or ref.digest
         assert reference is not None  # parse_reference gives every reference one of them
         plan.removals.append(repo.removal(name, reference, deletes))
+    # What no staying tag, configured digest or their indexes name is garbage: the earlier
+    # manifests of a tag that moved upstream (a sync copies the new one; the old stays).
+    for digest in revisions(cfg, repository):
+        if digest in repo.protected or digest in deletes:
+            continue
+        found = api.local_manifest(repository, digest)
+        if found is None:
+            continue
+        deletes.append(digest)
+        name = f"{cfg.registry.url}/{repository}@{digest}"
+        plan.untagged.append(ImageRemoval(name, repository, digest, size=_blob_bytes(found.body)))
     if not deletes:
         del plan.deletes[repository]
 
