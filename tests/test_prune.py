@@ -95,10 +95,13 @@ def test_prune_removes_exactly_the_images_no_longer_configured(
     images = [KEEP, ALIAS, DROP, DROP_REPO, pinned]
     cfg = write_mirror_config(tmp_path / "m", registry, "\n".join(images) + "\n", [], "all")
     local = yaml.safe_load(cfg.read_text())["registry"]["url"]
+    (cfg.parent / "repos").mkdir()  # no yum repos, but node files (images.txt) are rendered
     proc = run_mirror(cfg, "sync", "--only", "images")
     assert proc.returncode == 0, proc.stderr[-3000:]
     storage = cfg.parent / "data" / "registry" / "storage"
     full = tree_bytes(storage)
+    served = cfg.parent / "data" / "www" / "images.txt"
+    assert f"{DROP} {local}/{DROP}@" in served.read_text()
 
     # Shrunk: app:2 and the whole tool repository go; app:alias goes from the config but
     # shares its digest with app:1, which stays; the untagged pinned image stays.
@@ -141,6 +144,9 @@ def test_prune_removes_exactly_the_images_no_longer_configured(
     assert "registry garbage collection:" in proc.stdout
     pruned = tree_bytes(storage)
     assert pruned < full
+    listed = served.read_text()  # what nodes are told is mirrored follows
+    assert f"{KEEP} {local}/{KEEP}@{digests[KEEP]}" in listed
+    assert DROP not in listed and DROP_REPO not in listed and ALIAS not in listed
     assert f"({full - pruned} bytes freed)" in proc.stdout.splitlines()[-1]
 
     # What stays is served whole, with the same digests; what went is gone.

@@ -159,7 +159,8 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
                 content.remove(cfg, removal)
             if plan is not None:
                 lines += _finish_images(cfg, plan, online)
-            _render_node_files(cfg)
+            if removals or (plan is not None and (plan.records or plan.removals)):
+                _render_node_files(cfg)
         after = diskuse.tree_bytes(storage)
     if dry_run and _gc_pending(cfg).exists():
         notes.append("registry garbage collection pending from an earlier prune")
