@@ -44,7 +44,7 @@ ALIAS = "docker.io/library/app:alias"  # same content as app:1: one digest, two 
 DROP = "docker.io/library/app:2"
 DROP_REPO = "quay.io/team/tool:1"  # the only image of its repository
 PINNED_SEED = "registry.k8s.io/pinned:1"
-NOTHING = "removed 0 images, 0 untagged manifests, 0 files, 0 chart repos, 0 repos;"
+NOTHING = "removed 0 images, 0 untagged manifests, 0 files, 0 chart repos, 0 repos, 0 repo keys;"
 
 
 def run_mirror(cfg: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -248,6 +248,7 @@ def test_prune_removes_files_chart_repos_and_repo_targets_no_longer_configured(
         "would remove chart repo other",
         "would remove file tools/drop.txt",
         "would remove repo docker-ce-stable/9/aarch64",
+        "would remove repo key kubernetes.gpg",
         "would remove repo kubernetes",
     ]
     assert "images not pruned: registry.embedded is false" in proc.stdout
@@ -279,7 +280,7 @@ def test_prune_removes_files_chart_repos_and_repo_targets_no_longer_configured(
     assert not list((data / ".staging" / "prune").iterdir())  # nothing left in the trash
     summary = proc.stdout.splitlines()[-1]
     assert summary.startswith("prune: removed 0 images, 0 untagged manifests, 1 file, 1 chart ")
-    assert "1 chart repo, 2 repos;" in summary
+    assert "1 chart repo, 2 repos, 1 repo key;" in summary
     freed = int(summary.split("content ")[1].split(" bytes")[0])
     assert freed > 32000  # drop.txt alone is 32 kB, plus two repos and a chart repo
     status = json.loads(mirror.run("status", "--json").stdout)

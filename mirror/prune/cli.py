@@ -208,7 +208,7 @@ def _render_node_files(cfg: Config) -> None:
 
 def _counts(images: int, untagged: int, removals: list[ContentRemoval]) -> str:
     labels = {"image": images, "untagged manifest": untagged}
-    for label in ("file", "chart repo", "repo"):
+    for label in ("file", "chart repo", "repo", "repo key"):
         labels[label] = sum(1 for r in removals if r.label == label)
     return ", ".join(f"{n} {label}{'' if n == 1 else 's'}" for label, n in labels.items())
 

@@ -99,7 +99,6 @@ def stale_repos(cfg: Config) -> tuple[list[ContentRemoval], list[str]]:
     targets = expand_targets(load_definitions(cfg), cfg)
     wanted = {t.key for t in targets}
     live = [cfg.repos_root.joinpath(*t.subpath) for t in targets]
-    ids = {t.repo_id for t in targets}
     found, notes = [], []
     for record in state.load_all(cfg.state_root, "repos"):
         if record.key in wanted:
@@ -109,16 +108,29 @@ def stale_repos(cfg: Config) -> tuple[list[ContentRemoval], list[str]]:
             notes.append(f"repo {record.key}: left in place, a configured repo is published inside")
             continue
         paths = [path, cfg.data_dir / ".staging" / "repos" / record.key]
-        repo_id = record.key.split("/")[0]
-        if repo_id not in ids:  # no configured target serves this key any more
-            ids.add(repo_id)  # listed once, with the first of its targets
-            paths.append(cfg.keys_root / f"{repo_id}.gpg")
         records = [
             state.keyed_file(cfg.state_root / "published", record.key),
             state.keyed_file(cfg.state_root / "repos", record.key),
         ]
         found.append(_removal("repo", record.key, cfg.repos_root, paths, records))
-    return found, notes
+    return found + _stale_keys(cfg, {t.key_file for t in targets}), notes
+
+
+def _stale_keys(cfg: Config, wanted: set[str]) -> list[ContentRemoval]:
+    """Key files below keys/ no configured target publishes (`kubernetes/v1.35.gpg` after
+    that minor left the config): served to nodes and checked for expiry until removed."""
+    root = cfg.keys_root
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in sorted(fsutil.walk(root), key=lambda e: e.path):
+        name = Path(entry.path).relative_to(root).as_posix()
+        if not entry.is_file(follow_symlinks=False) or not name.endswith(".gpg"):
+            continue
+        if name not in wanted:
+            path = _checked(cfg, root, name)
+            found.append(_removal("repo key", name, root, [path], []))
+    return found
 
 
 def _dispose(cfg: Config, path: Path) -> None:
