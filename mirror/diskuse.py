@@ -124,3 +124,30 @@ def disk_use_lines(use: dict[str, Any]) -> list[str]:
         free, size = human_bytes(fs["free_bytes"]), human_bytes(fs["total_bytes"])
         lines.append(f"  {'free on data_dir file system':40} {free:>10} of {size}")
     return lines
+
+
+def metric_families(cfg: Config) -> list[Any]:
+    """/metrics: mirror_disk_use_bytes{area=repos|registry|files|charts},
+    mirror_repo_disk_use_bytes{repo=KEY}, mirror_data_dir_free_bytes (for disk alerts)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    use = disk_use(cfg)
+    areas = GaugeMetricFamily(
+        "mirror_disk_use_bytes", "Bytes on disk of what the mirror holds", labels=["area"]
+    )
+    for area in ("repos", "registry", "files", "charts"):
+        if use[f"{area}_bytes"] is not None:
+            areas.add_metric([area], float(use[f"{area}_bytes"]))
+    repos = GaugeMetricFamily(
+        "mirror_repo_disk_use_bytes", "Bytes on disk of a published repo target", labels=["repo"]
+    )
+    for key, size in use["repos"].items():
+        repos.add_metric([key], float(size))
+    families: list[Any] = [areas, repos]
+    if use["filesystem"] is not None:
+        free = GaugeMetricFamily(
+            "mirror_data_dir_free_bytes", "Free bytes on the file system holding data_dir"
+        )
+        free.add_metric([], float(use["filesystem"]["free_bytes"]))
+        families.append(free)
+    return families

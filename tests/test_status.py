@@ -146,6 +146,8 @@ def test_disk_use_per_repo_in_status_json_text_and_page(mirror: Mirror) -> None:
 
     from mirror.progress import human_bytes
 
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("mirror_repo_disk_use_bytes", (("repo", "kubernetes"),))] == again
     text = mirror.run("status").stdout
     assert "repo kubernetes" in text and human_bytes(again) in text
     page = client.get("/").text
@@ -178,3 +180,7 @@ def test_disk_use_of_registry_files_and_charts(tmp_path: Path) -> None:
     assert use["repos"] == {} and use["repos_bytes"] == 0
     page = client.get("/").text
     assert "registry storage" in page.split('id="disk-use"')[1]
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("mirror_disk_use_bytes", (("area", "registry"),))] == use["registry_bytes"]
+    assert samples[("mirror_disk_use_bytes", (("area", "files"),))] == use["files_bytes"]
+    assert samples[("mirror_data_dir_free_bytes", ())] > 0
