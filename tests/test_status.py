@@ -184,3 +184,30 @@ def test_disk_use_of_registry_files_and_charts(tmp_path: Path) -> None:
     assert samples[("mirror_disk_use_bytes", (("area", "registry"),))] == use["registry_bytes"]
     assert samples[("mirror_disk_use_bytes", (("area", "files"),))] == use["files_bytes"]
     assert samples[("mirror_data_dir_free_bytes", ())] > 0
+
+
+def test_disk_use_cache_follows_renames_and_removals(tmp_path: Path) -> None:
+    """Directories unchanged since the last walk are not re-statted (their mtimes set in the
+    past here, so the cache is used); a rename in or an unlink out changes the directory's
+    mtime, and the next walk counts it."""
+    import os
+
+    from mirror.diskuse import tree_bytes
+
+    root = tmp_path / "tree"
+    for i in range(3):
+        (root / f"d{i}").mkdir(parents=True)
+        (root / f"d{i}" / "a.rpm").write_bytes(b"a" * 10_000)
+    old = time.time() - 3600
+    for directory in [root, *root.iterdir()]:
+        os.utime(directory, (old, old))
+    first = tree_bytes(root)
+    assert first == _du(root) and tree_bytes(root) == first  # second walk: from the cache
+    staged = tmp_path / "new.part"
+    staged.write_bytes(b"n" * 50_000)
+    staged.rename(root / "d1" / "new.rpm")
+    assert tree_bytes(root) == _du(root) > first
+    (root / "d2" / "a.rpm").unlink()
+    assert tree_bytes(root) == _du(root)
+    os.rename(root / "d0", tmp_path / "gone")  # a whole directory leaves the tree
+    assert tree_bytes(root) == _du(root)
