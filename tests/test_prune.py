@@ -33,11 +33,15 @@ from tests.fixtures.registry import (
     write_mirror_config,
 )
 
-pytestmark = pytest.mark.slow
-needs_registry = pytest.mark.skipif(
+_tools = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("docker-registry")),
     reason="skopeo and docker-registry are needed",
 )
+
+
+def needs_registry(test):  # type: ignore[no-untyped-def]
+    """Real registries and skopeo: slow."""
+    return pytest.mark.slow(_tools(test))
 
 KEEP = "docker.io/library/app:1"
 ALIAS = "docker.io/library/app:alias"  # same content as app:1: one digest, two tags
@@ -208,6 +212,7 @@ def _snapshot(root: Path) -> dict[str, int]:
     return {k: v for k, v in _tree(root).items() if not k.startswith(".sync.lock")}
 
 
+@pytest.mark.slow
 def test_prune_removes_files_chart_repos_and_repo_targets_no_longer_configured(
     tmp_path: Path, mirror: Mirror
 ) -> None:
@@ -391,3 +396,33 @@ def test_prune_removes_what_a_moved_tag_left_behind(
                f"docker://{local}/{KEEP}", f"oci:{dest}:x")
     finally:
         stop_process(service)
+
+
+def test_prune_waits_for_no_sync_and_keeps_a_directory_of_configured_files(
+    tmp_path: Path,
+) -> None:
+    """A sync holding the lock: prune exits 75 at once. A stale file record whose path is now
+    a directory of configured files (`tools` -> `tools/helm`) loses its record, not them."""
+    from filelock import FileLock
+
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "mirror.yaml").write_text(
+        f"data_dir: ./data\nregistry: {{url: '127.0.0.1:{free_port()}', embedded: false}}\n"
+        "files:\n  - {url: 'http://127.0.0.1:9/helm', path: tools/helm}\n"
+    )
+    data = tmp_path / "data"
+    (data / "files" / "tools").mkdir(parents=True)
+    (data / "files" / "tools" / "helm").write_bytes(b"configured")
+    records = data / "state" / "files"
+    records.mkdir(parents=True)
+    (records / "tools.json").write_text(json.dumps({"key": "tools"}))
+    with FileLock(str(data / ".sync.lock")):
+        proc = run_mirror(tmp_path / "mirror.yaml", "prune")
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert "another mirror sync is running" in proc.stderr
+    assert (records / "tools.json").exists()
+    proc = run_mirror(tmp_path / "mirror.yaml", "prune")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "remove file tools (" in proc.stdout
+    assert (data / "files" / "tools" / "helm").read_bytes() == b"configured"
+    assert not (records / "tools.json").exists()

@@ -67,7 +67,9 @@ def stale_files(cfg: Config) -> list[ContentRemoval]:
             continue
         path = _checked(cfg, files_root(cfg), record.key)
         staged = path.with_name(f".{path.name}.download")
-        paths = [path, staged, staged.with_name(staged.name + ".part")]
+        paths = [staged, staged.with_name(staged.name + ".part")]
+        if not path.is_dir():  # a directory there holds configured files (`a` -> `a/b`)
+            paths.insert(0, path)
         records = [state.keyed_file(cfg.state_root / "files", record.key)]
         found.append(_removal("file", record.key, files_root(cfg), paths, records))
     return found
