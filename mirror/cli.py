@@ -297,6 +297,10 @@ from mirror.kubernetes.cli import upgrade_plan  # noqa: E402 - after main is def
 
 main.add_command(upgrade_plan)
 
+from mirror.prune.cli import prune  # noqa: E402
+
+main.add_command(prune)
+
 
 def run() -> None:
     main(prog_name="mirror")

@@ -83,3 +83,7 @@ class LocalDiskError(MirrorError):
         super().__init__(f"{label} {key}: {reason} under data_dir ({where})")
         self.key = key
         self.reason = reason
+
+
+class PruneError(MirrorError):
+    """`mirror prune` cannot safely decide or do what to remove; nothing more is removed."""

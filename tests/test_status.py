@@ -115,3 +115,99 @@ def test_api_sync_requires_the_token_and_runs_a_sync(mirror: Mirror) -> None:
     else:
         pytest.fail(Path(ok.get_json()["log"]).read_text())
     assert status["ok"] is True
+
+
+def _du(root: Path) -> int:
+    """Allocated bytes of the regular files below root, computed independently (rglob)."""
+    return sum(p.lstat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_disk_use_per_repo_in_status_json_text_and_page(mirror: Mirror) -> None:
+    assert mirror.sync("--repo", "kubernetes").returncode == 0
+    client = client_for(mirror)
+    status = client.get("/api/status").get_json()
+    jsonschema.validate(status, SCHEMA)
+    use = status["disk_use"]
+    tree = mirror.data / "repos" / "kubernetes"
+    assert use["repos"] == {"kubernetes": _du(tree)}
+    assert use["repos"]["kubernetes"] >= status["repos"][0]["bytes"] > 0  # packages + metadata
+    assert use["registry_bytes"] is None  # registry.embedded is false in this config
+    assert use["files_bytes"] == use["charts_bytes"] == 0
+    assert 0 < use["filesystem"]["free_bytes"] <= use["filesystem"]["total_bytes"]
+
+    # A file renamed into the tree (as every writer does) shows on the next request, even
+    # though this worker measured the directory a moment ago.
+    extra = tree / "repodata" / ".x.tmp"
+    extra.write_bytes(b"x" * 100_000)
+    extra.rename(tree / "repodata" / "extra.bin")
+    again = client.get("/api/status").get_json()["disk_use"]["repos"]["kubernetes"]
+    assert again == _du(tree) >= use["repos"]["kubernetes"] + 100_000
+
+    from mirror.progress import human_bytes
+
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("mirror_repo_disk_use_bytes", (("repo", "kubernetes"),))] == again
+    text = mirror.run("status").stdout
+    assert "repo kubernetes" in text and human_bytes(again) in text
+    page = client.get("/").text
+    disk = page.split('id="disk-use"')[1].split("</table>")[0]
+    assert "repo kubernetes" in disk and human_bytes(again) in disk
+
+
+def test_disk_use_of_registry_files_and_charts(tmp_path: Path) -> None:
+    """The registry storage, files and charts trees, each walked (no sync needed: the
+    numbers are about what lies on disk)."""
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "mirror.yaml").write_text("data_dir: ./data\nregistry: {embedded: true}\n")
+    data = tmp_path / "data"
+    blobs = data / "registry" / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+    for i, size in enumerate((10_000, 200_000)):
+        (blobs / f"{i:02x}").mkdir(parents=True)
+        (blobs / f"{i:02x}" / "data").write_bytes(b"b" * size)
+    (data / "files" / "tools").mkdir(parents=True)
+    (data / "files" / "tools" / "helm.tgz").write_bytes(b"f" * 50_000)
+    (data / "charts" / "stable").mkdir(parents=True)
+    (data / "charts" / "stable" / "a-1.0.0.tgz").write_bytes(b"c" * 7_000)
+    (data / "charts" / "stable" / "link").symlink_to("/usr")  # never followed
+    client = create_app(load_config(tmp_path / "mirror.yaml")).test_client()
+    status = client.get("/api/status").get_json()
+    jsonschema.validate(status, SCHEMA)
+    use = status["disk_use"]
+    assert use["registry_bytes"] == _du(data / "registry" / "storage") >= 210_000
+    assert use["files_bytes"] == _du(data / "files") >= 50_000
+    assert use["charts_bytes"] == _du(data / "charts") < 1_000_000
+    assert use["repos"] == {} and use["repos_bytes"] == 0
+    page = client.get("/").text
+    assert "registry storage" in page.split('id="disk-use"')[1]
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("mirror_disk_use_bytes", (("area", "registry"),))] == use["registry_bytes"]
+    assert samples[("mirror_disk_use_bytes", (("area", "files"),))] == use["files_bytes"]
+    assert samples[("mirror_data_dir_free_bytes", ())] > 0
+
+
+def test_disk_use_cache_follows_renames_and_removals(tmp_path: Path) -> None:
+    """Directories unchanged since the last walk are not re-statted (their mtimes set in the
+    past here, so the cache is used); a rename in or an unlink out changes the directory's
+    mtime, and the next walk counts it."""
+    import os
+
+    from mirror.diskuse import tree_bytes
+
+    root = tmp_path / "tree"
+    for i in range(3):
+        (root / f"d{i}").mkdir(parents=True)
+        (root / f"d{i}" / "a.rpm").write_bytes(b"a" * 10_000)
+    old = time.time() - 3600
+    for directory in [root, *root.iterdir()]:
+        os.utime(directory, (old, old))
+    first = tree_bytes(root)
+    assert first == _du(root) and tree_bytes(root) == first  # second walk: from the cache
+    staged = tmp_path / "new.part"
+    staged.write_bytes(b"n" * 50_000)
+    staged.rename(root / "d1" / "new.rpm")
+    assert tree_bytes(root) == _du(root) > first
+    (root / "d2" / "a.rpm").unlink()
+    assert tree_bytes(root) == _du(root)
+    os.rename(root / "d0", tmp_path / "gone")  # a whole directory leaves the tree
+    assert tree_bytes(root) == _du(root)

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from mirror import __version__, content, state
+from mirror import __version__, content, diskuse, state
 from mirror.config import Config
 
 SCHEMA_VERSION = 1
@@ -62,6 +62,7 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
         "base_url": base,
         "kubernetes_version": version,
         "registry": registry_health(cfg) if check_registry else None,
+        "disk_use": diskuse.disk_use(cfg),
         **rows,
         "commands": commands,
         "ok": all(row["ok"] for kind_rows in rows.values() for row in kind_rows),
@@ -95,6 +96,7 @@ def status_lines(cfg: Config) -> tuple[list[str], bool]:
     from mirror.kubernetes.freshness import status_lines as freshness_lines
 
     lines += freshness_lines(cfg)
+    lines += diskuse.disk_use_lines(diskuse.disk_use(cfg))
     return lines, all(r.ok for kind_records in found.values() for r in kind_records)
 
 
@@ -144,3 +146,4 @@ def metric_families(cfg: Config) -> Iterator[GaugeMetricFamily]:
     from mirror.kubernetes.freshness import metric_families as freshness_metrics
 
     yield from freshness_metrics(cfg)  # patches behind per minor, GPG key expiry
+    yield from diskuse.metric_families(cfg)

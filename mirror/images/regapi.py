@@ -171,6 +171,58 @@ class RegistryAPI:
                 image, f"checking {name} in our registry: {exc.url}: {exc.reason}"
             ) from None
 
+    # -- our registry's repositories, for `mirror prune` ------------------------------------
+    # By repository path ("docker.io/library/nginx") under local_url: tag lists, manifests
+    # by tag or digest, deletes by digest (distribution 2.8 deletes manifests by digest only;
+    # every tag naming that digest goes with it).
+
+    def _local(self, method: str, repository: str, suffix: str) -> Reply:
+        loc = Location(self._local_url, repository, insecure=not self._local_tls)
+        base = self._base(loc, True)
+        url = f"{base.url}/v2/{repository}/{suffix}"
+        try:
+            return self._authorized(method, url, base, loc, self._local_auth)
+        except _Failed as exc:
+            raise self._local_error(repository, f"{exc.url}: {exc.reason}") from None
+
+    def _local_error(self, repository: str, message: str) -> ImageSyncError:
+        return ImageSyncError(f"{self._local_url}/{repository}", message)
+
+    def local_tags(self, repository: str) -> list[str]:
+        """Every tag of `repository` in our registry ([] when it has no such repository)."""
+        reply = self._local("GET", repository, "tags/list")
+        if reply.status == 404 or _error_codes(reply) & _MISSING_CODES:
+            return []
+        if reply.status != 200:
+            raise self._local_error(repository, f"listing tags: {_error_text(reply)}")
+        try:
+            tags = json.loads(reply.body).get("tags") or []
+        except (ValueError, AttributeError):
+            raise self._local_error(repository, "listing tags: not a tag list") from None
+        return sorted(str(t) for t in tags)
+
+    def local_manifest(self, repository: str, reference: str) -> Manifest | None:
+        """The manifest a tag or digest names in our registry, with its body; None when
+        there is none."""
+        reply = self._local("GET", repository, f"manifests/{reference}")
+        if reply.status == 404 or _error_codes(reply) & _MISSING_CODES:
+            return None
+        if reply.status != 200:
+            raise self._local_error(repository, f"reading {reference}: {_error_text(reply)}")
+        return Manifest(digest_of(reply.body), reply.body, reply.url)
+
+    def delete_local(self, repository: str, digest: str) -> bool:
+        """DELETE manifest `digest` from our registry; False when it was already gone."""
+        reply = self._local("DELETE", repository, f"manifests/{digest}")
+        if reply.status in (200, 202):
+            return True
+        if reply.status == 404 or _error_codes(reply) & _MISSING_CODES:
+            return False
+        why = _error_text(reply)
+        if reply.status == 405:  # storage.delete.enabled is false in the registry's config
+            why = f"deletes are disabled in the registry's config ({why})"
+        raise self._local_error(repository, f"deleting {digest}: {why}")
+
     # -- one manifest request --------------------------------------------------------------
 
     def _manifest(
@@ -277,3 +329,4 @@ class RegistryAPI:
         if reply.status == 401:
             self._auth.learn(base.url, reply.headers.get("www-authenticate"))
         return base
+

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -27,7 +30,7 @@ import yaml
 
 from mirror import fsutil
 from mirror.config import Config
-from mirror.errors import EnvironmentProblem
+from mirror.errors import EnvironmentProblem, MirrorError
 
 log = logging.getLogger("mirror.registry")
 
@@ -88,8 +91,10 @@ def registry_dir(cfg: Config) -> Path:
     return cfg.data_dir / "registry"
 
 
-def write_config(cfg: Config) -> Path:
-    """data_dir/registry/config.yml for the embedded registry; returns its path."""
+def write_config(cfg: Config, addr: str | None = None, name: str = "config.yml") -> Path:
+    """data_dir/registry/config.yml for the embedded registry; returns its path. `addr`
+    (default: every interface at registry.url's port) and `name` for mirror prune's own
+    loopback instance."""
     root = registry_dir(cfg)
     storage = root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
@@ -101,11 +106,11 @@ def write_config(cfg: Config) -> Path:
             "delete": {"enabled": True},
         },
         "http": {
-            "addr": f":{port_of(cfg.registry.url, cfg.registry.tls_verify)}",
+            "addr": addr or f":{port_of(cfg.registry.url, cfg.registry.tls_verify)}",
             "headers": {"X-Content-Type-Options": ["nosniff"]},
         },
     }
-    path = root / "config.yml"
+    path = root / name
     fsutil.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -145,8 +150,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=STOP_TIMEOUT)
 
 
-def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], logfile: Path) -> None:
-    url = cfg.registry.url
+def _wait_ready(
+    cfg: Config, proc: subprocess.Popen[bytes], logfile: Path, url: str | None = None
+) -> None:
+    url = url or cfg.registry.url
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -154,7 +161,7 @@ def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], logfile: Path) -> No
                 f"embedded registry for {url} exited with code {proc.returncode}; "
                 f"last lines of {logfile}:\n{_tail(logfile)}"
             )
-        if registry_answers(url, cfg.registry.tls_verify, timeout=1.0):
+        if registry_answers(url, cfg.registry.tls_verify and url == cfg.registry.url, 1.0):
             return
         time.sleep(0.05)
     _stop(proc)
@@ -246,3 +253,76 @@ def run_foreground(cfg: Config) -> int:
     if code < 0:  # killed by a signal: one we passed on is a clean stop (systemd, Ctrl-C)
         return 0 if -code in stop_requested else 128 - code
     return code
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def private_registry(cfg: Config) -> Iterator[str]:
+    """The embedded registry's storage served on a loopback port nobody else knows, for the
+    block (mirror prune deletes manifests through it, then collects garbage with it stopped);
+    yields its "127.0.0.1:PORT". The caller has made sure nothing else serves the storage."""
+    _check_embeddable(cfg)
+    binary = registry_binary()
+    addr = f"127.0.0.1:{_free_loopback_port()}"
+    config = write_config(cfg, addr, "prune-config.yml")
+    logfile = registry_dir(cfg) / "registry.log"
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(cfg, proc, logfile, addr)
+        log.debug("registry storage served on %s for prune (pid %d)", addr, proc.pid)
+        yield addr
+    finally:
+        _stop(proc)
+
+
+GC_TIMEOUT = 6 * 3600.0  # a mark and sweep over a few TB of blobs; never forever
+_GC_SUMMARY_RE = re.compile(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible")
+
+
+@dataclass(frozen=True)
+class GarbageCollection:
+    marked: int | None  # blobs still referenced
+    blobs_deleted: int | None
+    manifests_deleted: int | None
+
+
+def garbage_collect(cfg: Config) -> GarbageCollection:
+    """`registry garbage-collect CONFIG` on the embedded storage; the registry must not be
+    running (distribution's requirement: stopped or read-only). Never --delete-untagged: in
+    distribution 2.8 it deletes the platform manifests of every multi-arch index (they are
+    untagged) and every image mirrored by digest only."""
+    binary = registry_binary()
+    v2 = registry_dir(cfg) / "storage" / "docker" / "registry" / "v2"
+    if not ((v2 / "repositories").is_dir() and (v2 / "blobs").is_dir()):
+        return GarbageCollection(0, 0, 0)  # nothing was ever pushed (2.8 fails on that)
+    config = write_config(cfg)
+    proc = subprocess.run(
+        [binary, "garbage-collect", str(config)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=GC_TIMEOUT,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-_LOG_TAIL_LINES:])
+        raise MirrorError(
+            f"registry garbage-collect {config} failed (exit {proc.returncode}):\n{tail}"
+        )
+    found = _GC_SUMMARY_RE.search(output)
+    if found is None:
+        return GarbageCollection(None, None, None)
+    return GarbageCollection(int(found[1]), int(found[2]), int(found[3]))

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from mirror.config import Config
 from mirror.content import report
+from mirror.progress import human_bytes
 
 bp = Blueprint("status", __name__)
 SCHEMA_VERSION = report.SCHEMA_VERSION
@@ -58,7 +59,9 @@ def local_time(iso: str | None) -> str:
 @bp.get("/")
 def page() -> str:
     status = collect_status(_cfg())
-    return render_template("status.html", s=status, ago=ago, local_time=local_time)
+    return render_template(
+        "status.html", s=status, ago=ago, local_time=local_time, size=human_bytes
+    )
 
 
 @bp.get("/api/status")

@@ -1,0 +1,1 @@
+"""`mirror prune`: remove what is no longer configured (issue 11)."""
