@@ -46,6 +46,7 @@ def _base_urls(url: str, tls: bool) -> list[str]:
     tls-verify=false falls back the same way, and a self-signed https registry is fine)."""
     if "://" in url:
         return [url.rstrip("/")]
+    url = url.partition("/")[0]  # registry.url's path (a project) is not where /v2/ is
     return [f"https://{url}"] if tls else [f"http://{url}", f"https://{url}"]
 
 
