@@ -135,7 +135,7 @@ def test_flat_collision_refused_naming_both() -> None:
 def test_flat_collision_fails_mirror_sync_before_any_network(tmp_path: Path) -> None:
     cfg = write_cfg(
         tmp_path,
-        f"{{url: '127.0.0.1:9/k8s', layout: flat, embedded: false}}",
+        "{url: '127.0.0.1:9/k8s', layout: flat, embedded: false}",
         images="docker.io/calico/node:v3\nquay.io/calico/node:v3\n",
         versions="[]",
     )

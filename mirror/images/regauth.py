@@ -202,16 +202,18 @@ class Authenticator:
         with self._lock:
             self._tokens.pop((base, repository), None)
 
-    def push_token(
+    def scoped_token(
         self,
         base: str,
         repository: str,
         challenge: Challenge,
         creds: Credentials | None,
         opts: RequestOptions,
+        actions: str,
     ) -> str:
-        """A token for pushing to `repository` (`mirror registry check`); not kept."""
-        return self._fetch_token(base, repository, challenge, creds, opts, "pull,push")
+        """A token for other actions than pull ("pull,push", "delete": `mirror registry
+        check`); not kept."""
+        return self._fetch_token(base, repository, challenge, creds, opts, actions)
 
     def _fetch_token(
         self,

@@ -18,6 +18,7 @@ instead of one per image:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
@@ -38,6 +39,8 @@ class _Found:
     opts: RequestOptions
     headers: dict[str, str] = field(default_factory=dict)
     who: str = "anonymous"
+    # Bearer registries: how to get a token for another scope (DELETE needs "delete").
+    token: Callable[[str], str] | None = None
 
 
 def _fail(cfg: Config, message: str) -> EnvironmentProblem:
@@ -96,27 +99,34 @@ def _authenticate(cfg: Config, fetcher: Fetcher, found: _Found, reply: Reply) ->
     if challenge is None:
         raise _fail(cfg, "answers 401 without a Basic or Bearer challenge")
     creds = _credentials(cfg)
-    if creds is None:
+    if creds is None and challenge.scheme == "basic":
         raise _fail(
             cfg,
             f"requires authentication ({challenge.scheme}) and {_authfile_name(cfg)} has no "
             f"entry for {cfg.registry.host} (key 'registry.authfile')",
         )
-    found.who = f"user {creds.username!r} from {_authfile_name(cfg)}"
-    if challenge.scheme == "basic":
+    # Bearer without credentials: an anonymous token, which step 3 then tests for push.
+    if creds is not None:
+        found.who = f"user {creds.username!r} from {_authfile_name(cfg)}"
+    if challenge.scheme == "basic" and creds is not None:
         found.headers = {"Authorization": creds.basic()}
     else:
+        repository = check_repository(cfg)
+
+        def token(actions: str) -> str:
+            return auth.scoped_token(found.base, repository, challenge, creds, found.opts, actions)
+
         try:
-            token = auth.push_token(found.base, check_repository(cfg), challenge, creds, found.opts)
+            found.headers = {"Authorization": f"Bearer {token('pull,push')}"}
         except AuthError as exc:
             raise _fail(cfg, f"credentials of {found.who} refused: {exc}") from None
-        found.headers = {"Authorization": f"Bearer {token}"}
+        found.token = token
     try:
         again = fetcher.request("GET", f"{found.base}/v2/", found.opts, headers=found.headers)
     except FetchError as exc:
         raise _fail(cfg, f"cannot reach {found.base}/v2/: {exc}") from None
     if again.status != 200:
-        raise _fail(cfg, f"credentials of {found.who} refused ({error_text(again)})")
+        raise _fail(cfg, f"credentials of {found.who} refused: {error_text(again)}")
 
 
 def _push(cfg: Config, fetcher: Fetcher, found: _Found) -> None:
@@ -134,11 +144,20 @@ def _push(cfg: Config, fetcher: Fetcher, found: _Found) -> None:
         raise _fail(cfg, f"cannot push to {repository}: {error_text(reply)}")
     location = reply.headers.get("location")
     if location:
-        try:
-            done = fetcher.request("DELETE", urljoin(url, location), found.opts, headers=headers)
-            log.debug("cancelled the check upload: HTTP %d", done.status)
-        except FetchError as exc:  # an abandoned upload is purged by the registry later
-            log.debug("could not cancel the check upload: %s", exc)
+        _cancel(fetcher, found, urljoin(url, location))
+
+
+def _cancel(fetcher: Fetcher, found: _Found, url: str) -> None:
+    """DELETE the check's upload; a token registry wants a "delete" scope for it. A refusal
+    only leaves an empty upload, which the registry purges (distribution: after a week)."""
+    try:
+        done = fetcher.request("DELETE", url, found.opts, headers=found.headers)
+        if done.status == 401 and found.token is not None:
+            bearer = {"Authorization": f"Bearer {found.token('delete')}"}
+            done = fetcher.request("DELETE", url, found.opts, headers=bearer)
+        log.debug("cancelled the check upload: HTTP %d", done.status)
+    except (FetchError, AuthError) as exc:
+        log.debug("could not cancel the check upload: %s", exc)
 
 
 def check_registry(cfg: Config, *, push: bool = True, fetcher: Fetcher | None = None) -> list[str]:
@@ -152,7 +171,7 @@ def check_registry(cfg: Config, *, push: bool = True, fetcher: Fetcher | None = 
         https = f"https, {verified}" if found.base.startswith("https") else "plain http"
         lines = [f"reachable: {found.base}/v2/ ({https})"]
         _authenticate(cfg, fetcher, found, reply)
-        lines.append(f"authenticated: {found.who}")
+        lines.append(f"authenticated: {found.who}" if reply.status == 401 else "no auth required")
         if push:
             _push(cfg, fetcher, found)
             lines.append(
