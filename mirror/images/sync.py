@@ -320,7 +320,7 @@ def image_session(cfg: Config, workers: int) -> Iterator[ImageSession]:
     probe = Fetcher(timeout=min(cfg.http_timeout, PROBE_TIMEOUT), retries=0, parallel=1)
     try:
         if regcheck.needs_preflight(cfg):  # a wrong password or CA: one line, not one per image
-            regcheck.check_registry(cfg, push=False, fetcher=probe)
+            regcheck.check_registry(cfg, push=False, fetcher=fetcher)
         yield ImageSession(cfg, open_api(cfg, fetcher, probe), wanted)
     finally:
         fetcher.close()
