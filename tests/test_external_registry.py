@@ -219,3 +219,19 @@ def test_no_ca_file_no_ca_document(tmp_path: Path) -> None:
     assert client.get("/registry-ca.crt").status_code == 404
     assert "skip_verify = true" in nodeconfig.hosts_toml(cfg, "docker.io")
     assert "put_file /etc/containers/certs.d" not in client.get("/bootstrap.sh").text
+
+
+def test_check_of_a_registry_that_does_not_answer(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    cfg = write_cfg(tmp_path, f"{{url: '127.0.0.1:{free_port()}/k8s', tls_verify: true}}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirror", "-c", str(cfg), "registry", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "cannot reach https://127.0.0.1:" in line and "connection refused" in line

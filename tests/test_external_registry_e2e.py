@@ -252,6 +252,7 @@ def test_flat_layout_sync_and_pull_by_mirrored_name(
     [
         ("password", "credentials of user 'mirror-bot'"),
         ("ca", "TLS certificate not trusted"),
+        ("no entry", "has no entry for 127.0.0.1:"),
     ],
 )
 def test_wrong_password_or_untrusted_ca_fail_check_and_sync_with_one_line(
@@ -261,6 +262,8 @@ def test_wrong_password_or_untrusted_ca_fail_check_and_sync_with_one_line(
     settings: dict[str, object] = {"url": f"{host}/k8s-mirror"}
     if problem == "password":
         settings["authfile"] = str(authfile(tmp_path / "bad.json", host, "wrong"))
+    elif problem == "no entry":
+        settings["authfile"] = str(authfile(tmp_path / "other.json", "registry.example.com"))
     else:
         settings["ca_file"] = str(harbor.other_ca.ca_cert)
     cfg = mirror_config(tmp_path, harbor, **settings)
@@ -304,6 +307,36 @@ def test_check_trades_the_authfile_for_a_push_token(tmp_path: Path, harbor: Harb
         assert (["repository:team/mirror-check:delete"], [f"Basic {basic}"]) in asked
         uploads = [(r.method, r.status) for r in registry.requests() if "/uploads/" in r.path]
         assert uploads[0] == ("POST", 202) and uploads[-1] == ("DELETE", 204), uploads
+    finally:
+        registry.stop()
+        tokens.stop()
+
+
+class PullOnlyTokens(TokenServer):
+    """A token service that grants pull and nothing else, like a read-only robot account."""
+
+    def sign(self, scopes: list[str]) -> str:
+        return super().sign([scope.rsplit(":", 1)[0] + ":pull" for scope in scopes])
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl signs the fixture's tokens")
+def test_check_names_a_missing_push_permission(tmp_path: Path, harbor: Harbor) -> None:
+    tokens = PullOnlyTokens(tmp_path)
+    tokens.start()
+    registry = start_registry(tmp_path / "token-registry", auth=tokens.auth_config())
+    try:
+        cfg = mirror_config(
+            tmp_path,
+            harbor,
+            url=f"{registry.host}/team",
+            ca_file=None,
+            authfile=str(authfile(tmp_path / "token-auth.json", registry.host)),
+        )
+        check = run_mirror(cfg, "registry", "check")
+        assert check.returncode == 3, check.stdout + check.stderr
+        (line,) = check.stderr.splitlines()
+        assert f"user '{USER}'" in line and "may not push to team/mirror-check" in line
+        assert "HTTP 401" in line
     finally:
         registry.stop()
         tokens.stop()
