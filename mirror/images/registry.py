@@ -181,7 +181,7 @@ def ensure_registry(cfg: Config) -> Iterator[None]:
     if not cfg.registry.embedded:
         scheme = "https" if tls else "http"
         raise EnvironmentProblem(
-            f"registry {url} does not answer (GET {scheme}://{url}/v2/) and "
+            f"registry {url} does not answer (GET {scheme}://{cfg.registry.host}/v2/) and "
             "registry.embedded is false: start it, or fix registry.url"
         )
     _check_embeddable(cfg)
