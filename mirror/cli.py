@@ -215,14 +215,36 @@ def serve(obj: _Ctx, bind: str, workers: int, frontend: str) -> None:
         web_frontend.run(cfg, bind, workers, frontend)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
+@click.pass_context
+def registry(ctx: click.Context) -> None:
+    """The registry: bare `mirror registry` (as mirror-registry.service runs it) is
+    `mirror registry run`; `mirror registry check` tests an external one."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(registry_run)
+
+
+@registry.command("run")
 @click.pass_obj
 @_handle_errors
-def registry(obj: _Ctx) -> None:
+def registry_run(obj: _Ctx) -> None:
     """Run the embedded registry in the foreground (for mirror-registry.service)."""
     from mirror.images.registry import run_foreground
 
     sys.exit(run_foreground(obj.cfg))
+
+
+@registry.command("check")
+@click.pass_obj
+@_handle_errors
+def registry_check(obj: _Ctx) -> None:
+    """Check registry.url: reachable (TLS with registry.ca_file), credentials from
+    registry.authfile accepted, push allowed. One line per failure, exit 3."""
+    from mirror.images.regcheck import check_registry
+
+    cfg = obj.cfg
+    for line in check_registry(cfg):
+        click.echo(f"registry {cfg.registry.url}: {line}")
 
 
 @main.group()
@@ -242,7 +264,7 @@ def images_list(obj: _Ctx, version: str | None, mirrored: bool, why: bool) -> No
     """Images kubeadm needs for V (as `kubeadm config images list` prints them), or without
     V every image the mirror syncs: kubeadm sets, images.txt, images found in files/charts."""
     from mirror import kubeadm_images, nodeconfig
-    from mirror.images.refs import plan_jobs
+    from mirror.images.refs import RegistryLayout, plan_jobs
     from mirror.images.sources import found_in_content, image_sources, with_found_images
     from mirror.kubernetes.images import image_list
 
@@ -258,7 +280,8 @@ def images_list(obj: _Ctx, version: str | None, mirrored: bool, why: bool) -> No
     cfg = obj.cfg
     if version is not None:
         listed = image_list(cfg, version, run_kubeadm=False)
-        jobs = plan_jobs(cfg.registry.url, [listed.version], [], {listed.version: listed.images})
+        layout = RegistryLayout.of(cfg.registry)
+        jobs = plan_jobs(layout, [listed.version], [], {listed.version: listed.images})
     else:
         # Listing runs no kubeadm (it writes a cache; only a sync, under its lock, does).
         jobs = nodeconfig.image_jobs(cfg, run_kubeadm=False)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mirror.charts.config import ChartEntry
 from mirror.errors import ConfigError, UnknownKubernetesVersion
@@ -26,6 +26,10 @@ _HOSTPORT_RE = re.compile(
 _URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/-]*$")
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# distribution's repository name grammar (components of lowercase letters and digits joined
+# by ".", "_", "__" or dashes), as mirror.images.refs checks upstream names.
+_REPO_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO_PATH_RE = re.compile(rf"^{_REPO_COMPONENT}(?:/{_REPO_COMPONENT})*$")
 
 
 class _Frozen(BaseModel):
@@ -46,17 +50,48 @@ class RepoFilter(_Frozen):
 
 
 class RegistryConfig(_Frozen):
+    # url: HOST[:PORT][/PATH]; a path (a Harbor/Quay project, "harbor.example.com/k8s-mirror")
+    # is the prefix every mirrored name goes under (mirror.images.refs.RegistryLayout).
     url: str = "localhost:5000"
     tls_verify: bool = False
     embedded: bool = True
     authfile: Path | None = None
+    # nested: <url>/<upstream host>/<path>; flat: <url>/<path with / as -> (one level).
+    layout: Literal["nested", "flat"] = "nested"
+    ca_file: Path | None = None  # PEM CA of an external registry; implies tls_verify: true
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ca_implies_verify(cls, data: Any) -> Any:
+        # A CA is only used when certificates are checked: ca_file alone turns verification
+        # on; ca_file with an explicit tls_verify: false is a contradiction, not a default.
+        if isinstance(data, dict) and data.get("ca_file") is not None:
+            if data.get("tls_verify") is False:
+                raise ValueError("registry.ca_file needs tls_verify: true (or leave it out)")
+            data = {**data, "tls_verify": True}
+        return data
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        if not _HOSTPORT_RE.match(value):
-            raise ValueError("must be HOST[:PORT] (no scheme, no path)")
-        return value
+        host, _, path = value.rstrip("/").partition("/")
+        if not _HOSTPORT_RE.match(host):
+            raise ValueError("must be HOST[:PORT][/PATH] (no scheme)")
+        if path and not _REPO_PATH_RE.match(path):
+            raise ValueError(
+                "path must be lowercase repository components (letters, digits, ._-) separated by /"
+            )
+        return value.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        """HOST[:PORT] of url: what serves /v2/ and what authfile entries are keyed by."""
+        return self.url.partition("/")[0]
+
+    @property
+    def prefix(self) -> str:
+        """The path of url ("k8s-mirror"), "" when it has none."""
+        return self.url.partition("/")[2]
 
 
 class UpstreamConfig(_Frozen):
@@ -220,7 +255,10 @@ def resolve_paths(cfg: Config, path: Path) -> Config:
             "repos_dir": _resolve(base, cfg.repos_dir),
             "images_file": _resolve(base, cfg.images_file),
             "registry": cfg.registry.model_copy(
-                update={"authfile": _resolve(base, cfg.registry.authfile)}
+                update={
+                    "authfile": _resolve(base, cfg.registry.authfile),
+                    "ca_file": _resolve(base, cfg.registry.ca_file),
+                }
             ),
             "upstream": cfg.upstream.model_copy(
                 update={

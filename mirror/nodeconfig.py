@@ -17,10 +17,18 @@ import yaml
 from mirror import kubeadm_images
 from mirror.config import Config
 from mirror.errors import ConfigError
-from mirror.images.refs import DOCKER_HUB, ImageJob, parse_images_file, plan_jobs, upstream_hosts
+from mirror.images.refs import (
+    DOCKER_HUB,
+    ImageJob,
+    RegistryLayout,
+    parse_images_file,
+    plan_jobs,
+    upstream_hosts,
+)
 
 log = logging.getLogger("mirror.images")
 CERTS_DIR = "/etc/containerd/certs.d"
+CRIO_CERTS_DIR = "/etc/containers/certs.d"  # containers-certs.d(5): CRI-O, podman, skopeo
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
 
@@ -41,8 +49,10 @@ def default_version(cfg: Config) -> str:
 
 
 def image_repository(cfg: Config) -> str:
-    """What kubeadm's imageRepository / --image-repository must be."""
-    return f"{cfg.registry.url}/{kubeadm_images.DEFAULT_IMAGE_REPOSITORY}"
+    """What kubeadm's imageRepository / --image-repository must be (registry.url's path
+    included; in the flat layout registry.url itself)."""
+    layout = RegistryLayout.of(cfg.registry)
+    return layout.image_repository(kubeadm_images.DEFAULT_IMAGE_REPOSITORY)
 
 
 def pause_image(cfg: Config, version: str) -> str:
@@ -81,7 +91,7 @@ def image_plan(cfg: Config, run_kubeadm: bool = True) -> ImagePlan:
         extra = parse_images_file(cfg.images_file)
     planned = [v for v in resolution.versions if v in lists.lists]
     by_version = {v: found.images for v, found in lists.lists.items()}
-    jobs = plan_jobs(cfg.registry.url, planned, extra, by_version)
+    jobs = plan_jobs(RegistryLayout.of(cfg.registry), planned, extra, by_version)
     return ImagePlan(jobs, [*resolution.problems, *lists.failures], lists.warnings)
 
 
@@ -183,23 +193,62 @@ def _upstream_server(host: str) -> str:
     return "https://registry-1.docker.io" if host == DOCKER_HUB else f"https://{host}"
 
 
+def registry_ca(cfg: Config) -> tuple[str, str] | None:
+    """(containerd path, CRI-O path) where nodes keep registry.ca_file, None without one."""
+    if cfg.registry.ca_file is None:
+        return None
+    host = cfg.registry.host
+    return f"{CERTS_DIR}/{host}/ca.crt", f"{CRIO_CERTS_DIR}/{host}/ca.crt"
+
+
+def containerd_hosts(cfg: Config) -> list[str]:
+    """Hosts that get a hosts.toml: every mirrored upstream (nested layout; the flat one has
+    no prefix to redirect to) and, with registry.ca_file, the registry itself, so pulls by
+    mirrored name (the pause image, flat names) verify its certificate too."""
+    hosts = [] if cfg.registry.layout == "flat" else mirrored_hosts(cfg)
+    if cfg.registry.ca_file is not None and cfg.registry.host not in hosts:
+        hosts.append(cfg.registry.host)
+    return hosts
+
+
+def _tls_lines(cfg: Config, scheme: str) -> list[str]:
+    ca = registry_ca(cfg)
+    if ca is not None:
+        return [f'  ca = "{ca[0]}"']
+    if scheme == "https" and not cfg.registry.tls_verify:
+        return ["  skip_verify = true"]
+    return []
+
+
 def hosts_toml(cfg: Config, host: str) -> str:
     """containerd's /etc/containerd/certs.d/<host>/hosts.toml: pull `host/x` from the mirror's
-    `<registry>/<host>/x` (override_path, because the path already includes /v2/<host>)."""
+    `<registry>/<prefix>/<host>/x` (override_path, because the path already includes
+    /v2/<prefix>/<host>). For the registry's own host: its CA, no redirect."""
     if not _HOST_RE.match(host):
         raise ValueError(f"bad registry host {host!r}")
     scheme = registry_scheme(cfg)
+    layout = RegistryLayout.of(cfg.registry)
+    if host == layout.host and cfg.registry.ca_file is not None:
+        lines = [
+            f"# {host}: the air-gap mirror's registry, verified with its CA",
+            f'server = "{scheme}://{host}"',
+            "",
+            f'[host."{scheme}://{host}"]',
+            '  capabilities = ["pull", "resolve"]',
+        ]
+        return "\n".join([*lines, *_tls_lines(cfg, scheme)]) + "\n"
+    namespace = layout.host_namespace(host)
+    if namespace is None:
+        raise ValueError(f"registry.layout is flat: no hosts.toml redirects {host}")
     lines = [
         f"# {host}: pulls go to the air-gap mirror at {cfg.registry.url}",
         f'server = "{_upstream_server(host)}"',
         "",
-        f'[host."{scheme}://{cfg.registry.url}/v2/{host}"]',
+        f'[host."{scheme}://{layout.host}/v2/{namespace}"]',
         '  capabilities = ["pull", "resolve"]',
         "  override_path = true",
     ]
-    if scheme == "https" and not cfg.registry.tls_verify:
-        lines.append("  skip_verify = true")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_tls_lines(cfg, scheme)]) + "\n"
 
 
 # --- CRI-O -------------------------------------------------------------------------------
@@ -208,12 +257,23 @@ def hosts_toml(cfg: Config, host: str) -> str:
 def crio_registries_conf(cfg: Config, hosts: Sequence[str]) -> str:
     """containers-registries.conf(5) drop-in: each upstream host with the mirror in front."""
     insecure = "true" if registry_scheme(cfg) == "http" or not cfg.registry.tls_verify else "false"
+    layout = RegistryLayout.of(cfg.registry)
     out = [
         "# Air-gap mirror: install as /etc/containers/registries.conf.d/50-airgap-mirror.conf",
         "# The pause image setting for CRI-O is served at /crio/crio.conf",
         "# (install as /etc/crio/crio.conf.d/50-airgap-mirror.conf).",
         "",
     ]
+    if layout.flat:
+        out += [
+            "# registry.layout is flat: images are pulled by their mirrored names",
+            f"# ({cfg.registry.url}/..., see /images.txt); no upstream is redirected.",
+            "",
+        ]
+        hosts = []
+    ca = registry_ca(cfg)
+    if ca is not None:
+        out += [f"# The registry's CA goes to {ca[1]} (bootstrap.sh installs it).", ""]
     for host in hosts:
         out += [
             "[[registry]]",
@@ -221,7 +281,7 @@ def crio_registries_conf(cfg: Config, hosts: Sequence[str]) -> str:
             f'location = "{host}"',
             "",
             "[[registry.mirror]]",
-            f'location = "{cfg.registry.url}/{host}"',
+            f'location = "{layout.host}/{layout.host_namespace(host)}"',
             f"insecure = {insecure}",
             "",
         ]

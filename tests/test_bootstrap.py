@@ -24,6 +24,7 @@ from mirror.config import load_config
 from mirror.web import create_app
 from tests.conftest import REPO_ROOT, Mirror, free_port
 from tests.fixtures import Pkg, UpstreamServer, build_rpms, make_repo
+from tests.fixtures.testca import make_test_ca
 
 K8S = "1.28.2"  # fixture kubeadm versions are 1.28.0..1.28.2; the test config pins none
 CHANGED = re.compile(r"^\s+(changed|would change):", re.M)
@@ -338,6 +339,11 @@ def add_crio_repo(mirror: Mirror, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_crio_node_from_served_mirror(mirror: Mirror, tmp_path: Path, dnf_cache: Path) -> None:
     add_crio_repo(mirror, tmp_path)
+    # An external registry with its own CA: bootstrap puts it where CRI-O looks for it.
+    ca = make_test_ca(tmp_path / "pki", "registry").ca_cert
+    text = mirror.config.read_text()
+    assert text.count("embedded: false}") == 1
+    mirror.config.write_text(text.replace("embedded: false}", f"embedded: false, ca_file: {ca}}}"))
     script = served_script(mirror)
     args = ("--runtime", "cri-o", "--role", "worker", "--kubernetes-version", K8S)
 
@@ -360,6 +366,8 @@ def test_crio_node_from_served_mirror(mirror: Mirror, tmp_path: Path, dnf_cache:
     assert registries.read_text() == served
     crio = tomllib.loads((etc / "crio" / "crio.conf.d" / "50-airgap-mirror.conf").read_text())
     assert crio["crio"]["image"]["pause_image"] == pause_image(mirror)
+    host = load_config(mirror.config).registry.host
+    assert (etc / "containers" / "certs.d" / host / "ca.crt").read_bytes() == ca.read_bytes()
     assert not (etc / "containerd").exists()
 
     out = ok(node.run(*args))

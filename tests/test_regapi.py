@@ -22,6 +22,7 @@ import pytest
 
 from mirror import state
 from mirror.config import Config, load_config
+from mirror.errors import EnvironmentProblem
 from mirror.http import Fetcher
 from mirror.images import registries_conf
 from mirror.images.manifest import ACCEPT, digest_of
@@ -317,14 +318,16 @@ def test_basic_auth_registry_from_authfile(
             assert [(r.method, r.status) for r in manifest_requests(reqs)] == [("HEAD", 200)] * len(
                 names(jobs)
             )
-            # A wrong password: one line per image naming it, the url and the reason.
+            # A wrong password: one line naming the registry and the reason, from the check
+            # before any image (mirror.images.regcheck), not one per image.
             write_authfile(authfile, ours.host, "mirror", "wrong")
-            failed = sync_images(cfg, jobs)
-            assert all(r.error for r in failed)
-            line = str(failed[0].error)
-            assert line.startswith(f"image {IMAGES[0]}: checking {jobs[0].destinations[0]} ")
-            assert f"http://{ours.host}/v2/docker.io/library/nginx/manifests/1.25" in line
-            assert "unauthorized" in line and "HTTP 401" in line and "\n" not in line
+            mark = ours.mark()
+            with pytest.raises(EnvironmentProblem) as err:
+                sync_images(cfg, jobs)
+            line = str(err.value)
+            assert line.startswith(f"registry {ours.host}: credentials of user 'mirror' from ")
+            assert "HTTP 401" in line and "\n" not in line
+            assert manifest_requests(ours.requests(mark)) == []
     finally:
         ours.stop()
 

@@ -1,9 +1,18 @@
 """Image references: docker-style normalization, images.txt, and the names in our registry.
 
-Naming rule in the local registry: `<registry.url>/<upstream-host>/<path>:<tag>`, e.g.
-`utility:5000/docker.io/calico/node:v3.26.1`. Containerd and CRI-O then map a pull of
-`docker.io/calico/node:v3.26.1` to it with a per-host path prefix, so unmodified
-manifests keep working.
+Naming rule in the local registry (RegistryLayout, the one place it is decided):
+- nested (default): `<registry.url>/<upstream-host>/<path>:<tag>`, e.g.
+  `utility:5000/docker.io/calico/node:v3.26.1` or, with a path in registry.url,
+  `harbor.example.com/k8s-mirror/docker.io/calico/node:v3.26.1`. Containerd and CRI-O then
+  map a pull of `docker.io/calico/node:v3.26.1` to it with a per-host path prefix, so
+  unmodified manifests keep working.
+- flat: one level below registry.url, for registries whose projects allow no deeper names:
+  the upstream path with `/` as `-`, without the host (docker.io's `library/` dropped, as
+  docker shows it): `harbor.example.com/k8s-mirror/calico-node:v3.26.1`,
+  `.../kube-apiserver:v1.28.4`, `.../nginx:1.25`. kubeadm's imageRepository is then
+  registry.url itself. Two upstream repositories with the same flat name (docker.io/calico/node
+  and quay.io/calico/node) are refused when the sync is planned, naming both; nodes pull by
+  the mirrored names (images.txt lists upstream -> mirrored), there is no transparent redirect.
 """
 
 from __future__ import annotations
@@ -12,9 +21,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirror import kubeadm_images
 from mirror.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mirror.config import RegistryConfig
 
 DOCKER_HUB = "docker.io"
 _DOCKER_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
@@ -57,16 +70,65 @@ class ImageRef:
     def _suffix(self) -> str:
         return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
-    def mirrored(self, registry: str, path: str | None = None) -> str:
+    def mirrored(self, registry: str | RegistryLayout, path: str | None = None) -> str:
         """Where the image lives in our registry; tagged refs keep the tag only, since a
-        registry cannot be pushed to by digest (the digest is preserved by the copy)."""
-        name = f"{registry.rstrip('/')}/{self.host}/{path or self.path}"
+        registry cannot be pushed to by digest (the digest is preserved by the copy).
+        `path` names it under another path (an alias) of the same upstream host."""
+        layout = registry if isinstance(registry, RegistryLayout) else RegistryLayout(registry)
+        name = layout.name(self.host, path or self.path)
         if self.tag:
             return f"{name}:{self.tag}"
         return f"{name}@{self.digest}"
 
     def __str__(self) -> str:
         return self.upstream
+
+
+@dataclass(frozen=True)
+class RegistryLayout:
+    """Where upstream repositories go in our registry: registry.url ("HOST[:PORT][/PATH]")
+    and registry.layout. Every mirrored name is made here (see the module docstring)."""
+
+    url: str  # "harbor.example.com/k8s-mirror", "127.0.0.1:5000"
+    flat: bool = False
+
+    @classmethod
+    def of(cls, registry: RegistryConfig) -> RegistryLayout:
+        return cls(registry.url, registry.layout == "flat")
+
+    @property
+    def host(self) -> str:
+        return self.url.strip("/").partition("/")[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.url.strip("/").partition("/")[2]
+
+    def repository(self, host: str, path: str) -> str:
+        """The repository name in our registry (what follows /v2/), without the host."""
+        if self.flat:
+            if host == DOCKER_HUB and path.startswith("library/"):
+                path = path[len("library/") :]
+            parts = [self.prefix, path.replace("/", "-")]
+        else:
+            parts = [self.prefix, host, path]
+        return "/".join(p for p in parts if p)
+
+    def name(self, host: str, path: str) -> str:
+        """HOST[:PORT]/repository: a reference without tag or digest."""
+        return f"{self.host}/{self.repository(host, path)}"
+
+    def host_namespace(self, host: str) -> str | None:
+        """The repository prefix all of `host`'s images share in our registry (what node
+        configs redirect `host` to: "k8s-mirror/docker.io"); None in the flat layout, where
+        no prefix rewrite maps upstream names to ours."""
+        return None if self.flat else "/".join(p for p in (self.prefix, host) if p)
+
+    def image_repository(self, host: str) -> str:
+        """What stands for `host` in names one level down, like kubeadm's imageRepository:
+        "<url>/registry.k8s.io" nested, "<url>" flat (single-component paths only)."""
+        namespace = self.host_namespace(host)
+        return f"{self.host}/{namespace}" if namespace is not None else self.url.strip("/")
 
 
 # distribution caps a repository name at 255 characters; with host, tag and digest a
@@ -184,8 +246,31 @@ def coredns_alias(ref: ImageRef) -> str | None:
     return None
 
 
+def _repository_of(name: str) -> str:
+    """ "host:port/a/b:tag" or "host:port/a/b@sha256:..." -> "host:port/a/b"."""
+    head, slash, last = name.split("@", 1)[0].rpartition("/")
+    return head + slash + last.split(":", 1)[0]
+
+
+def check_unique(jobs: Iterable[ImageJob], layout: RegistryLayout) -> None:
+    """Two upstream repositories must not share a name in our registry (only the flat layout
+    can make them): ConfigError naming both, before anything is copied."""
+    owner: dict[str, ImageRef] = {}
+    for job in jobs:
+        for dest in job.destinations:
+            name = _repository_of(dest)
+            first = owner.setdefault(name, job.source)
+            if first.repository != job.source.repository:
+                raise ConfigError(
+                    "key 'registry.layout'",
+                    f"{first.upstream} and {job.source.upstream} would both be mirrored as "
+                    f"{name} (layout {'flat' if layout.flat else 'nested'}); mirror one of them "
+                    "elsewhere, or use layout: nested",
+                )
+
+
 def plan_jobs(
-    registry: str,
+    registry: str | RegistryLayout,
     kubernetes_versions: Sequence[str],
     extra: Iterable[ImageRef],
     image_lists: Mapping[str, Sequence[str]] | None = None,
@@ -194,6 +279,7 @@ def plan_jobs(
 
     `image_lists` (version -> kubeadm's references) comes from mirror.kubernetes.images, which
     asks the mirrored kubeadm binary; a version missing there falls back to the built-in table."""
+    layout = registry if isinstance(registry, RegistryLayout) else RegistryLayout(registry)
     seen: dict[str, ImageJob] = {}
     refs: list[ImageRef] = []
     for version in kubernetes_versions:
@@ -202,12 +288,19 @@ def plan_jobs(
     for ref in [*refs, *extra]:
         if ref.upstream in seen:
             continue
-        dests = [ref.mirrored(registry)]
-        alias = coredns_alias(ref)
-        if alias:
-            dests.append(ref.mirrored(registry, alias))
-        seen[ref.upstream] = ImageJob(ref, tuple(dests))
-    return list(seen.values())
+        seen[ref.upstream] = image_job(ref, layout)
+    jobs = list(seen.values())
+    check_unique(jobs, layout)
+    return jobs
+
+
+def image_job(ref: ImageRef, layout: RegistryLayout) -> ImageJob:
+    """The job of one upstream image: its name in our registry, plus the coredns alias."""
+    dests = [ref.mirrored(layout)]
+    alias = coredns_alias(ref)
+    if alias:
+        dests.append(ref.mirrored(layout, alias))
+    return ImageJob(ref, tuple(dests))
 
 
 def upstream_hosts(jobs: Iterable[ImageJob]) -> list[str]:

@@ -20,6 +20,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from mirror.errors import ImageSyncError
@@ -100,6 +101,9 @@ def _error_text(reply: Reply) -> str:
     return f"{reason} (HTTP {reply.status})"
 
 
+error_text = _error_text  # for mirror.images.regcheck
+
+
 class RegistryAPI:
     """Manifest digests of upstream tags and of our copies, for one sync run; thread-safe.
 
@@ -117,6 +121,7 @@ class RegistryAPI:
         local_url: str,
         local_tls_verify: bool,
         local_auth: AuthFile,
+        local_ca_file: Path | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._probe = probe
@@ -125,9 +130,10 @@ class RegistryAPI:
         self._local_url = local_url
         self._local_tls = local_tls_verify
         self._local_auth = local_auth
+        self._local_ca = local_ca_file
         self._auth = Authenticator(fetcher)
-        self._bases: dict[tuple[str, bool, bool], _Base] = {}
-        self._locks: dict[tuple[str, bool, bool], threading.Lock] = {}
+        self._bases: dict[tuple[str, bool, bool, Path | None], _Base] = {}
+        self._locks: dict[tuple[str, bool, bool, Path | None], threading.Lock] = {}
         self._lock = threading.Lock()
 
     # -- upstream ------------------------------------------------------------------------
@@ -160,7 +166,7 @@ class RegistryAPI:
             raise ImageSyncError(image, f"bad name in our registry {name!r}: {exc}") from None
         if ref.host != self._local_url:
             raise ImageSyncError(image, f"{name} is not in our registry {self._local_url}")
-        loc = Location(ref.host, ref.path, insecure=not self._local_tls)
+        loc = Location(ref.host, ref.path, insecure=not self._local_tls, ca_file=self._local_ca)
         reference = ref.digest or ref.tag or "latest"
         try:
             return self._manifest(loc, reference, False, self._local_auth, prefer_http=True).digest
@@ -288,7 +294,7 @@ class RegistryAPI:
     # -- scheme and challenge, once per registry per run ------------------------------------
 
     def _base(self, loc: Location, prefer_http: bool) -> _Base:
-        key = (loc.endpoint, loc.insecure, prefer_http)
+        key = (loc.endpoint, loc.insecure, prefer_http, loc.ca_file)
         with self._lock:
             if key in self._bases:
                 return self._bases[key]
@@ -306,7 +312,7 @@ class RegistryAPI:
         """`GET /v2/`: https only for a secure location; for an insecure one https without
         verification, then http, like skopeo (our own registry: http first, like its probe
         in mirror.images.registry)."""
-        secure = _Base(f"https://{loc.endpoint}", RequestOptions())
+        secure = _Base(f"https://{loc.endpoint}", RequestOptions(ca_file=loc.ca_file))
         if not loc.insecure:
             candidates = [secure]
         else:

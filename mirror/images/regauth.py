@@ -202,6 +202,19 @@ class Authenticator:
         with self._lock:
             self._tokens.pop((base, repository), None)
 
+    def scoped_token(
+        self,
+        base: str,
+        repository: str,
+        challenge: Challenge,
+        creds: Credentials | None,
+        opts: RequestOptions,
+        actions: str,
+    ) -> str:
+        """A token for other actions than pull ("pull,push", "delete": `mirror registry
+        check`); not kept."""
+        return self._fetch_token(base, repository, challenge, creds, opts, actions)
+
     def _fetch_token(
         self,
         base: str,
@@ -209,11 +222,12 @@ class Authenticator:
         challenge: Challenge,
         creds: Credentials | None,
         opts: RequestOptions,
+        actions: str = "pull",
     ) -> str:
         realm = challenge.params.get("realm")
         if not realm:
             raise AuthError(base, "Bearer challenge without a realm")
-        query = {"scope": f"repository:{repository}:pull"}
+        query = {"scope": f"repository:{repository}:{actions}"}
         if challenge.params.get("service"):
             query["service"] = challenge.params["service"]
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
@@ -235,6 +249,7 @@ class Authenticator:
         if not isinstance(value, str) or not value:
             raise AuthError(url, "token service answered without a token")
         expires = started + max(lifetime - _EXPIRY_MARGIN, 1.0)
-        with self._lock:
-            self._tokens[(base, repository)] = _Token(value, expires)
+        if actions == "pull":  # the cache holds pull tokens only
+            with self._lock:
+                self._tokens[(base, repository)] = _Token(value, expires)
         return value

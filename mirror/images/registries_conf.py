@@ -38,6 +38,7 @@ class Location:
     host: str
     path: str
     insecure: bool = False
+    ca_file: Path | None = None  # trust this CA (our registry's registry.ca_file)
 
     @property
     def endpoint(self) -> str:

@@ -49,6 +49,7 @@ def _base_urls(url: str, tls: bool) -> list[str]:
     tls-verify=false falls back the same way, and a self-signed https registry is fine)."""
     if "://" in url:
         return [url.rstrip("/")]
+    url = url.partition("/")[0]  # registry.url's path (a project) is not where /v2/ is
     return [f"https://{url}"] if tls else [f"http://{url}", f"https://{url}"]
 
 
@@ -187,7 +188,7 @@ def ensure_registry(cfg: Config) -> Iterator[None]:
     if not cfg.registry.embedded:
         scheme = "https" if tls else "http"
         raise EnvironmentProblem(
-            f"registry {url} does not answer (GET {scheme}://{url}/v2/) and "
+            f"registry {url} does not answer (GET {scheme}://{cfg.registry.host}/v2/) and "
             "registry.embedded is false: start it, or fix registry.url"
         )
     _check_embeddable(cfg)

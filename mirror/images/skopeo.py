@@ -57,6 +57,7 @@ class Endpoint:
 
     tls_verify: bool | None = None
     authfile: Path | None = None
+    cert_dir: Path | None = None  # a directory holding ca.crt (--{src,dest}-cert-dir)
 
 
 def one_line(stderr: str, returncode: int) -> str:
@@ -156,8 +157,10 @@ def copy(
     args += [
         *_bool("--src-tls-verify", src_endpoint.tls_verify),
         *_path("--src-authfile", src_endpoint.authfile),
+        *_path("--src-cert-dir", src_endpoint.cert_dir),
         *_bool("--dest-tls-verify", dest_endpoint.tls_verify),
         *_path("--dest-authfile", dest_endpoint.authfile),
+        *_path("--dest-cert-dir", dest_endpoint.cert_dir),
         f"docker://{src}",
         f"docker://{dest}",
     ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from mirror import content
 from mirror.config import Config
-from mirror.images.refs import ImageJob, ImageRef, coredns_alias
+from mirror.images.refs import ImageJob, ImageRef, RegistryLayout, check_unique, image_job
 
 
 def found_in_content(cfg: Config) -> list[tuple[ImageRef, str]]:
@@ -25,17 +25,15 @@ def with_found_images(
 ) -> list[ImageJob]:
     """`jobs` plus a job for every found reference not already among them (same naming rules:
     docker.io/library, tags, digests are normalised by parse_reference)."""
+    layout = RegistryLayout.of(cfg.registry)
     planned = {job.source.upstream for job in jobs}
     merged = list(jobs)
     for ref, _source in found:
         if ref.upstream in planned:
             continue
         planned.add(ref.upstream)
-        names = [ref.mirrored(cfg.registry.url)]
-        alias = coredns_alias(ref)
-        if alias:
-            names.append(ref.mirrored(cfg.registry.url, alias))
-        merged.append(ImageJob(ref, tuple(names)))
+        merged.append(image_job(ref, layout))
+    check_unique(merged, layout)
     return merged
 
 

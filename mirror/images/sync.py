@@ -37,12 +37,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mirror import state
+from mirror import fsutil, state
 from mirror.config import Config
 from mirror.errors import ConfigError, ImageSyncError
 from mirror.http import Fetcher
-from mirror.images import manifest, registries_conf, skopeo
+from mirror.images import manifest, regcheck, registries_conf, skopeo
 from mirror.images.manifest import Platform
 from mirror.images.refs import ImageJob, ImageRef
 from mirror.images.regapi import RegistryAPI
@@ -81,7 +82,34 @@ def upstream_endpoint(cfg: Config) -> Endpoint:
 
 
 def local_endpoint(cfg: Config) -> Endpoint:
-    return Endpoint(tls_verify=cfg.registry.tls_verify, authfile=cfg.registry.authfile)
+    return Endpoint(
+        tls_verify=cfg.registry.tls_verify,
+        authfile=cfg.registry.authfile,
+        cert_dir=local_cert_dir(cfg),
+    )
+
+
+def local_cert_dir(cfg: Config) -> Path | None:
+    """skopeo takes a CA as a directory holding ca.crt (--dest-cert-dir): registry.ca_file is
+    copied to state/registry-ca/ca.crt (prepare_cert_dir), so any file name works."""
+    return None if cfg.registry.ca_file is None else cfg.state_root / "registry-ca"
+
+
+def prepare_cert_dir(cfg: Config) -> None:
+    directory = local_cert_dir(cfg)
+    if directory is None or cfg.registry.ca_file is None:
+        return
+    try:
+        data = cfg.registry.ca_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            str(cfg.config_path or "config"),
+            f"key 'registry.ca_file': cannot read {cfg.registry.ca_file}: {exc.strerror}",
+        ) from None
+    target = directory / "ca.crt"
+    if not target.is_file() or target.read_bytes() != data:
+        directory.mkdir(parents=True, exist_ok=True)
+        fsutil.atomic_write(target, data, 0o644)
 
 
 def wanted_platforms(cfg: Config) -> list[Platform] | None:
@@ -101,9 +129,10 @@ def open_api(cfg: Config, fetcher: Fetcher, probe: Fetcher) -> RegistryAPI:
         probe,
         registries_conf=registries_conf.load(cfg.upstream.registries_conf),
         upstream_auth=AuthFile(cfg.upstream.authfile),
-        local_url=cfg.registry.url,
+        local_url=cfg.registry.host,
         local_tls_verify=cfg.registry.tls_verify,
         local_auth=AuthFile(cfg.registry.authfile),
+        local_ca_file=cfg.registry.ca_file,
     )
 
 
@@ -285,10 +314,13 @@ def image_session(cfg: Config, workers: int) -> Iterator[ImageSession]:
     """Fails every image alike (EnvironmentProblem: no skopeo; ConfigError: bad platforms)."""
     skopeo.binary()  # no skopeo: one clear error instead of one per image
     wanted = wanted_platforms(cfg)
+    prepare_cert_dir(cfg)
     fetcher = Fetcher(timeout=cfg.http_timeout, retries=cfg.http_retries, parallel=workers)
     # Pings that fail only mean "try the other scheme": no retries, no long wait.
     probe = Fetcher(timeout=min(cfg.http_timeout, PROBE_TIMEOUT), retries=0, parallel=1)
     try:
+        if regcheck.needs_preflight(cfg):  # a wrong password or CA: one line, not one per image
+            regcheck.check_registry(cfg, push=False, fetcher=fetcher)
         yield ImageSession(cfg, open_api(cfg, fetcher, probe), wanted)
     finally:
         fetcher.close()

@@ -29,6 +29,7 @@ MIMETYPES: dict[str, str] = {
     "toml": "application/toml",
     "conf": "application/toml",
     "sh": "text/x-shellscript",
+    "crt": "application/x-pem-file",
 }
 
 # Content-Type by suffix for files of a published yum tree and keys, nginx and the app alike:
@@ -51,7 +52,7 @@ REPO_MIMETYPES: dict[str, str] = {
 # URL prefixes (and exact paths) under which rendered documents live; nginx serves these
 # from the rendered directory and sends anything it does not find there to the app.
 PREFIXES: tuple[str, ...] = ("/repofiles/", "/containerd/", "/crio/")
-EXACT: tuple[str, ...] = ("/bootstrap.sh", "/images.txt")
+EXACT: tuple[str, ...] = ("/bootstrap.sh", "/images.txt", "/registry-ca.crt")
 
 
 def mimetype_for(url_path: str) -> str:
@@ -86,14 +87,30 @@ def hosts_toml(cfg: Config, host: str) -> str:
     return nodeconfig.hosts_toml(cfg, host)
 
 
+def registry_ca(cfg: Config) -> str:
+    """registry.ca_file as nodes get it (/registry-ca.crt): PEM certificates only."""
+    path = cfg.registry.ca_file
+    if path is None:
+        raise ValueError("registry.ca_file is not set")
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"registry.ca_file {path}: cannot read: {exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"registry.ca_file {path}: no PEM certificate in it")
+    return text
+
+
 def containerd_setup(cfg: Config, version: str) -> str:
-    hosts = [(h, nodeconfig.hosts_toml(cfg, h)) for h in nodeconfig.mirrored_hosts(cfg)]
+    hosts = [(h, nodeconfig.hosts_toml(cfg, h)) for h in nodeconfig.containerd_hosts(cfg)]
+    ca = nodeconfig.registry_ca(cfg)
     return _template(
         "containerd-setup.sh",
         base_url=cfg.base_url,
         certs_dir=nodeconfig.CERTS_DIR,
         sandbox_image=nodeconfig.pause_image(cfg, version),
         hosts=hosts,
+        registry_ca=(ca[0], registry_ca(cfg)) if ca else None,
     )
 
 
@@ -123,6 +140,7 @@ def bootstrap(cfg: Config, definitions: Sequence[RepoDefinition]) -> str:
         kubernetes_version=version,
         registry=cfg.registry.url,
         repo_ids=[d.id for d in definitions],
+        crio_registry_ca=(nodeconfig.registry_ca(cfg) or (None, None))[1],
     )
 
 
@@ -142,7 +160,9 @@ def static_documents(
     }
     for d in definitions:
         docs[f"/repofiles/{d.id}.repo"] = functools.partial(one_repo, cfg, d)
-    for host in nodeconfig.mirrored_hosts(cfg):
+    if cfg.registry.ca_file is not None:
+        docs["/registry-ca.crt"] = functools.partial(registry_ca, cfg)
+    for host in nodeconfig.containerd_hosts(cfg):
         docs[f"/containerd/certs.d/{host}/hosts.toml"] = functools.partial(hosts_toml, cfg, host)
     if cfg.kubernetes_versions:
         version = nodeconfig.default_version(cfg)

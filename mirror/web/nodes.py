@@ -63,9 +63,21 @@ def kubeadm_config() -> Response:
 @bp.get("/containerd/certs.d/<host>/hosts.toml")
 def containerd_hosts(host: str) -> Response:
     cfg = _cfg()
-    if host not in nodeconfig.mirrored_hosts(cfg):
+    if host not in nodeconfig.containerd_hosts(cfg):
         abort(404)
     return _text(documents.hosts_toml(cfg, host))
+
+
+@bp.get("/registry-ca.crt")
+def registry_ca() -> Response:
+    """registry.ca_file (an external registry's CA), for nodes to trust its certificate."""
+    cfg = _cfg()
+    if cfg.registry.ca_file is None:
+        abort(404)
+    try:
+        return _text(documents.registry_ca(cfg))
+    except ValueError as exc:
+        return _error(500, str(exc))
 
 
 @bp.get("/containerd/setup.sh")

@@ -323,6 +323,10 @@ if [ "$RUNTIME" = containerd ]; then
 else
     fetch "$MIRROR/crio/registries.conf" "$TMPD/registries.conf"
     put_file /etc/containers/registries.conf.d/50-airgap-mirror.conf "$TMPD/registries.conf"
+{%- if crio_registry_ca %}
+    fetch "$MIRROR/registry-ca.crt" "$TMPD/registry-ca.crt"  # the external registry's CA
+    put_file {{ crio_registry_ca | shquote }} "$TMPD/registry-ca.crt"
+{%- endif %}
     fetch "$MIRROR/crio/crio.conf?$VERSION_QUERY" "$TMPD/crio.conf"
     put_file /etc/crio/crio.conf.d/50-airgap-mirror.conf "$TMPD/crio.conf"
 fi

@@ -66,6 +66,9 @@ set_toml_key() {
         END { emit(); if (!found) { print ""; print "[" sec "]"; print "  " key " = " val } }'
 }
 
+{% if registry_ca %}
+put_file "$ROOT"{{ registry_ca[0] | shquote }} {{ registry_ca[1] | trim | shquote }}
+{% endif %}
 {% for host, content in hosts %}
 put_file "$ROOT$CERTS_DIR/"{{ host | shquote }}/hosts.toml {{ content | trim | shquote }}
 {% endfor %}
