@@ -50,6 +50,9 @@ class RegistryConfig(_Frozen):
     tls_verify: bool = False
     embedded: bool = True
     authfile: Path | None = None
+    # The embedded registry's `storage:` (distribution's own config), e.g. {s3: {...},
+    # redirect: {disable: true}}; None: filesystem under data_dir/registry/storage.
+    storage: dict[str, Any] | None = None
 
     @field_validator("url")
     @classmethod
@@ -91,6 +94,10 @@ class Config(_Frozen):
     sync_token: str | None = None  # enables POST /api/sync when set
     files: FileEntries = ()  # files and manifests to mirror (mirror.files)
     charts: tuple[ChartEntry, ...] = ()  # Helm chart repositories (mirror.charts)
+    # Mirrors of mirrors (mirror.downstream): repos, images, files and charts of another
+    # mirror node (its base_url), in addition to what repos_dir and images_file list.
+    upstream_mirror: str | None = None
+    upstream_mirror_ca: Path | None = None  # CA file (PEM) for an https upstream_mirror
 
     @field_validator("base_url")
     @classmethod
@@ -105,6 +112,12 @@ class Config(_Frozen):
         if not _URL_PATH_RE.match(parts.path):
             raise ValueError("path may only contain letters, digits and ._~/-")
         return value.rstrip("/")
+
+    @field_validator("upstream_mirror")
+    @classmethod
+    def _check_upstream_mirror(cls, value: str | None) -> str | None:
+        # The same rules as base_url: it is another node's base_url.
+        return None if value is None else cls._check_base_url(value)
 
     @field_validator("kubernetes_versions")
     @classmethod
@@ -219,6 +232,7 @@ def resolve_paths(cfg: Config, path: Path) -> Config:
             "data_dir": _resolve(base, cfg.data_dir),
             "repos_dir": _resolve(base, cfg.repos_dir),
             "images_file": _resolve(base, cfg.images_file),
+            "upstream_mirror_ca": _resolve(base, cfg.upstream_mirror_ca),
             "registry": cfg.registry.model_copy(
                 update={"authfile": _resolve(base, cfg.registry.authfile)}
             ),

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import yaml
 
@@ -91,15 +92,10 @@ def registry_dir(cfg: Config) -> Path:
 def write_config(cfg: Config) -> Path:
     """data_dir/registry/config.yml for the embedded registry; returns its path."""
     root = registry_dir(cfg)
-    storage = root / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
     config = {
         "version": 0.1,
         "log": {"level": "info", "fields": {"service": "registry"}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(storage)},
-            "delete": {"enabled": True},
-        },
+        "storage": _storage(cfg, root),
         "http": {
             "addr": f":{port_of(cfg.registry.url, cfg.registry.tls_verify)}",
             "headers": {"X-Content-Type-Options": ["nosniff"]},
@@ -108,6 +104,17 @@ def write_config(cfg: Config) -> Path:
     path = root / "config.yml"
     fsutil.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _storage(cfg: Config, root: Path) -> dict[str, Any]:
+    """distribution's `storage:`: registry.storage handed through as written (e.g. its `s3`
+    driver with `redirect: {disable: true}`), else the filesystem under data_dir. Deletes stay
+    enabled either way: replacing a moved tag's manifest needs them."""
+    if cfg.registry.storage is not None:
+        return {**cfg.registry.storage, "delete": {"enabled": True}}
+    storage = root / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    return {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}}
 
 
 def _check_embeddable(cfg: Config) -> None:
