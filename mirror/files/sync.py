@@ -96,12 +96,21 @@ def refuse_symlinks(cfg: Config, entry: FileEntry) -> None:
 
 
 def sync_file(
-    session: FileSession, entry: FileEntry, record: FileRecord, dry_run: bool
+    session: FileSession,
+    entry: FileEntry,
+    record: FileRecord,
+    dry_run: bool,
+    known_unchanged: bool = False,
 ) -> FileResult:
+    """`known_unchanged`: upstream is known to hold what was published (a downstream
+    mirror's fresh index says so); then upstream is not asked while the copy is intact."""
     cfg, fetcher = session.cfg, session.fetcher
     refuse_symlinks(cfg, entry)
     dest = published_path(cfg, entry)
-    upstream = _ask_upstream(fetcher, entry, record, dest)
+    if known_unchanged and _published_matches(entry, record, dest):
+        upstream = _Upstream(True, record.etag, record.last_modified)
+    else:
+        upstream = _ask_upstream(fetcher, entry, record, dest)
     if upstream.unchanged:
         return FileResult(False, tuple(_rescan(entry, record, dest)))
     if dry_run:

@@ -1,0 +1,394 @@
+"""The downstream side: A's index fetched, validated and kept; what the kinds take from it.
+
+Kept under data_dir/state/upstream_mirror/: `index.json` (the document as served),
+`mirror.repo` (its .repo definitions, loaded by mirror.repofile.load_definitions next to
+repos_dir's) and `registries.conf` (generated for the image copies). Nothing here touches
+the network except `fetch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mirror import fsutil, state
+from mirror.config import Config
+from mirror.downstream.index import FORMAT, PATH
+from mirror.errors import ConfigError, MirrorError
+from mirror.http import Fetcher, FetchError, RequestOptions
+
+if TYPE_CHECKING:
+    from mirror.content.kind import SyncRequest
+    from mirror.files.config import FileEntry
+    from mirror.images.refs import ImageJob
+    from mirror.repofile import RepoDefinition, RepoTarget
+
+log = logging.getLogger("mirror.downstream")
+KIND_NAME = "upstream_mirror"
+INDEX_LIMIT = 32 * 1024 * 1024  # thousands of images and files are a few MiB of JSON
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class UpstreamIndexError(MirrorError):
+    """The upstream mirror's index is unusable (one line naming the URL and what is wrong)."""
+
+
+@dataclass(frozen=True)
+class Image:
+    upstream: str
+    mirrored: tuple[str, ...]
+    digest: str
+
+
+@dataclass(frozen=True)
+class File:
+    path: str
+    sha256: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class UpstreamIndex:
+    repofile: str
+    repos: dict[str, str]  # repo target key -> sha256 of A's repomd.xml
+    registry: str
+    registry_insecure: bool
+    images: tuple[Image, ...]
+    files: tuple[File, ...]
+
+
+def store_dir(cfg: Config) -> Path:
+    return cfg.state_root / KIND_NAME
+
+
+def index_url(cfg: Config) -> str:
+    assert cfg.upstream_mirror is not None
+    return cfg.upstream_mirror + PATH
+
+
+def request_options(cfg: Config) -> RequestOptions:
+    """For every request to the upstream mirror (index, repos, keys, files)."""
+    return RequestOptions(ca_file=cfg.upstream_mirror_ca)
+
+
+# --- the document ------------------------------------------------------------------------
+
+
+def _expect(value: Any, kind: type, what: str) -> Any:
+    if not isinstance(value, kind):
+        raise ValueError(f"{what}: expected {kind.__name__}")
+    return value
+
+
+def parse(body: bytes) -> UpstreamIndex:
+    """ValueError naming the first thing wrong; every value is checked before it is used."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    _expect(doc, dict, "document")
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"format {doc.get('format')!r}, this mirror reads format {FORMAT}")
+    repos = _expect(doc.get("repos"), dict, "repos")
+    for key, digest in repos.items():
+        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+            raise ValueError(f"repos[{key!r}]: not a sha256")
+    registry = _expect(doc.get("registry"), dict, "registry")
+    images = []
+    for row in _expect(doc.get("images"), list, "images"):
+        _expect(row, dict, "images[]")
+        mirrored = tuple(_expect(row.get("mirrored"), list, "images[].mirrored"))
+        digest = _expect(row.get("digest"), str, "images[].digest")
+        if not mirrored or not all(isinstance(m, str) for m in mirrored):
+            raise ValueError(f"images[{row.get('upstream')!r}].mirrored: no names")
+        if not _DIGEST_RE.match(digest):
+            raise ValueError(f"images[{row.get('upstream')!r}].digest: not sha256:<hex>")
+        images.append(
+            Image(_expect(row.get("upstream"), str, "images[].upstream"), mirrored, digest)
+        )
+    files = []
+    for row in _expect(doc.get("files"), list, "files"):
+        _expect(row, dict, "files[]")
+        sha = _expect(row.get("sha256"), str, "files[].sha256")
+        if not _SHA256_RE.match(sha):
+            raise ValueError(f"files[{row.get('path')!r}].sha256: not a sha256")
+        size = row.get("size")
+        files.append(
+            File(
+                _expect(row.get("path"), str, "files[].path"),
+                sha,
+                size if isinstance(size, int) else None,
+            )
+        )
+    return UpstreamIndex(
+        repofile=_expect(doc.get("repofile"), str, "repofile"),
+        repos=dict(repos),
+        registry=_expect(registry.get("url"), str, "registry.url"),
+        registry_insecure=bool(registry.get("insecure", True)),
+        images=tuple(images),
+        files=tuple(files),
+    )
+
+
+def fetch(cfg: Config, fetcher: Fetcher, etag: str | None) -> tuple[bytes | None, str | None]:
+    """(body, etag) of a changed index, (None, etag) for a 304. MirrorError otherwise."""
+    url = index_url(cfg)
+    headers = {"If-None-Match": f'"{etag}"'} if etag else {}
+    try:
+        reply = fetcher.request(
+            "GET", url, request_options(cfg), headers=headers, limit=INDEX_LIMIT
+        )
+    except FetchError as exc:
+        raise UpstreamIndexError(f"cannot fetch {url}: {exc}") from None
+    if reply.status == 304 and etag:
+        return None, etag
+    if reply.status != 200:
+        raise UpstreamIndexError(
+            f"{url}: HTTP {reply.status} (is it a mirror node of this version?)"
+        )
+    return reply.body, reply.headers.get("etag", "").strip().removeprefix("W/").strip('"') or None
+
+
+def store(cfg: Config, body: bytes) -> UpstreamIndex:
+    """Validate `body` completely (its .repo text parsed too), then keep it: mirror.repo
+    last-but-one and index.json last, each replaced atomically."""
+    from mirror.repofile import parse_repo_file
+
+    url = index_url(cfg)
+    try:
+        index = parse(body)
+    except ValueError as exc:
+        raise UpstreamIndexError(f"{url}: bad index: {exc}") from None
+    directory = store_dir(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=".check-", suffix=".repo") as tmp:
+        tmp.write(index.repofile)
+        tmp.flush()
+        try:
+            parse_repo_file(Path(tmp.name))
+        except ConfigError as exc:
+            raise UpstreamIndexError(f"{url}: bad repofile in the index: {exc}") from None
+    fsutil.atomic_write_text(directory / "mirror.repo", index.repofile)
+    fsutil.atomic_write(directory / "index.json", body)
+    return index
+
+
+def load_stored(cfg: Config) -> UpstreamIndex | None:
+    """The index last fetched, or None (never fetched, or unreadable)."""
+    if cfg.upstream_mirror is None:
+        return None
+    try:
+        return parse((store_dir(cfg) / "index.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def fresh_index(cfg: Config, request: SyncRequest) -> UpstreamIndex | None:
+    """The index when this very sync fetched (or revalidated) it, else None: only a fresh
+    index may stand in for asking A whether something changed."""
+    if cfg.upstream_mirror is None:
+        return None
+    record = state.load(cfg.state_root, KIND_NAME, cfg.upstream_mirror)
+    if not record.ok or (record.last_success or "") < request.started:
+        return None
+    return load_stored(cfg)
+
+
+# --- repos -------------------------------------------------------------------------------
+
+
+def upstream_definitions(cfg: Config) -> list[RepoDefinition]:
+    """A's .repo definitions as last fetched ([] before the first fetch); requests to A use
+    upstream_mirror_ca."""
+    from mirror.repofile import parse_repo_file
+
+    path = store_dir(cfg) / "mirror.repo"
+    if cfg.upstream_mirror is None or not path.is_file():
+        return []
+    return [
+        dataclasses.replace(
+            d, name=d.name.removesuffix(" (mirror)"), sslcacert=cfg.upstream_mirror_ca
+        )
+        for d in parse_repo_file(path)
+    ]
+
+
+def add_upstream_definitions(
+    cfg: Config, definitions: list[RepoDefinition], seen: dict[str, Path]
+) -> bool:
+    """Append A's definitions whose id repos_dir does not define (B's own win, with a
+    warning); False when A's index was never fetched."""
+    if not (store_dir(cfg) / "mirror.repo").is_file():
+        return False
+    for definition in upstream_definitions(cfg):
+        if definition.id in seen:
+            log.warning(
+                "repo %s: defined in %s and by upstream_mirror; using %s",
+                definition.id,
+                seen[definition.id],
+                seen[definition.id],
+            )
+            continue
+        seen[definition.id] = definition.source
+        definitions.append(definition)
+    return True
+
+
+def is_upstream_definition(cfg: Config, definition: RepoDefinition) -> bool:
+    return definition.source == store_dir(cfg) / "mirror.repo"
+
+
+def repo_unchanged(
+    cfg: Config, target: RepoTarget, record: state.RepoRecord, request: SyncRequest
+) -> bool:
+    """A's repomd.xml (by the fresh index) is the one B's copy was published from."""
+    if request.dry_run or not is_upstream_definition(cfg, target.definition):
+        return False
+    index = fresh_index(cfg, request)
+    sha = index.repos.get(target.key) if index else None
+    if sha is None:
+        return False
+    from mirror.yum.sync import unchanged_since
+
+    return unchanged_since(cfg, target, record, sha)
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def _repository(name: str) -> str:
+    """ "host:5000/docker.io/x/y:tag" or "...@sha256:..." -> "host:5000/docker.io/x/y"."""
+    name = name.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else name
+
+
+def with_upstream_images(cfg: Config, jobs: list[ImageJob]) -> list[ImageJob]:
+    """`jobs` plus one for every image of the stored index (named in B's registry by B's
+    rules); an index row that does not parse is skipped with a warning."""
+    from mirror.images.refs import BadReference, parse_reference
+    from mirror.images.sources import with_found_images
+
+    index = load_stored(cfg)
+    if index is None:
+        return jobs
+    found = []
+    for image in index.images:
+        try:
+            found.append((parse_reference(image.upstream), KIND_NAME))
+        except BadReference as exc:
+            log.warning("upstream_mirror: image %r skipped: %s", image.upstream, exc)
+    return with_found_images(cfg, jobs, found)
+
+
+def with_known_digests(cfg: Config, jobs: list[Any], request: SyncRequest) -> list[Any]:
+    """Each job of an image the fresh index lists carries A's digest: the image sync then
+    asks A's registry nothing when B already holds that digest."""
+    from mirror.images.refs import ImageJob
+
+    index = fresh_index(cfg, request)
+    if index is None:
+        return jobs
+    digests = {image.upstream: image.digest for image in index.images}
+    return [
+        dataclasses.replace(job, known_digest=digests[job.key])
+        if isinstance(job, ImageJob) and job.key in digests
+        else job
+        for job in jobs
+    ]
+
+
+def registries_conf(cfg: Config) -> Path | None:
+    """A containers-registries.conf sending every repository A mirrors to A's registry,
+    after B's own upstream.registries_conf (whose prefixes win); None without an index."""
+    import tomllib
+
+    from mirror.images.refs import BadReference, parse_reference
+
+    index = load_stored(cfg)
+    if index is None:
+        return None
+    own = ""
+    prefixes: set[str] = set()
+    if cfg.upstream.registries_conf is not None:
+        own = cfg.upstream.registries_conf.read_text(encoding="utf-8")
+        try:
+            parsed = tomllib.loads(own)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(cfg.upstream.registries_conf), f"not TOML: {exc}") from None
+        prefixes = {str(r.get("prefix") or r.get("location")) for r in parsed.get("registry", [])}
+    blocks = [own.rstrip() + "\n"] if own.strip() else []
+    blocks.append(
+        f"# Generated for upstream_mirror {cfg.upstream_mirror}: A's registry {index.registry}\n"
+    )
+    for image in index.images:
+        try:
+            prefix = parse_reference(image.upstream).repository
+        except BadReference:
+            continue
+        if prefix in prefixes:
+            continue
+        prefixes.add(prefix)
+        blocks.append(
+            f"[[registry]]\nprefix = {json.dumps(prefix)}\n"
+            f"location = {json.dumps(_repository(image.mirrored[0]))}\n"
+            f"insecure = {'true' if index.registry_insecure else 'false'}\n"
+        )
+    path = store_dir(cfg) / "registries.conf"
+    text = "\n".join(blocks)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        fsutil.atomic_write_text(path, text)
+    return path
+
+
+def image_config(cfg: Config) -> Config:
+    """cfg with upstream.registries_conf the generated one (images of A come from A)."""
+    path = registries_conf(cfg) if cfg.upstream_mirror is not None else None
+    if path is None:
+        return cfg
+    return cfg.model_copy(
+        update={"upstream": cfg.upstream.model_copy(update={"registries_conf": path})}
+    )
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def file_entries(cfg: Config) -> list[FileEntry]:
+    """A `files:` entry per file of the stored index, pinned to A's sha256, at the same
+    path; paths B's own `files:` publish are left to those."""
+    from mirror.files.config import FileEntry
+
+    index = load_stored(cfg)
+    if index is None:
+        return []
+    own = {entry.path for entry in cfg.files}
+    entries = []
+    for row in index.files:
+        if row.path in own:
+            continue
+        try:
+            entries.append(
+                FileEntry(
+                    url=f"{cfg.upstream_mirror}/files/{row.path}", sha256=row.sha256, path=row.path
+                )
+            )
+        except ValueError as exc:
+            log.warning("upstream_mirror: file %r skipped: %s", row.path, str(exc).splitlines()[0])
+    return entries
+
+
+def file_unchanged(cfg: Config, entry: FileEntry, record: Any, request: SyncRequest) -> bool:
+    """The fresh index lists the file with the sha256 B published (and still has)."""
+    if request.dry_run or not entry.url.startswith(f"{cfg.upstream_mirror}/files/"):
+        return False
+    index = fresh_index(cfg, request)
+    listed = {row.path: row.sha256 for row in index.files} if index else {}
+    return listed.get(entry.path) == entry.sha256 == record.sha256 and record.sha256 is not None

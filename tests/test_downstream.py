@@ -1,0 +1,253 @@
+"""Mirrors of mirrors, end to end: node A mirrors fixture upstreams, node B mirrors A only.
+
+Everything is real: A syncs a signed yum repo (rpmbuild, createrepo_c, repomd.xml.asc), images
+pushed with skopeo into a distribution registry, and a file; A runs `mirror serve` (nginx in
+front of gunicorn, the embedded registry). Then A's upstreams are stopped and B
+(`upstream_mirror: A`) syncs from A alone; dnf installs from B with gpgcheck=1 and
+repo_gpgcheck=1, skopeo finds A's digests in B's registry, and A's access logs show what a
+no-op resync of B costs A.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from mirror.web.nginx import find_nginx
+from tests.conftest import K8S_REL, Upstream, free_port, stop_process, wait_http
+from tests.fixtures.dnfclient import DnfRoot
+from tests.fixtures.registry import (
+    manifest_digest,
+    push_image,
+    start_registry,
+    wait_registry,
+    write_registries_conf,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (shutil.which("skopeo") and shutil.which("dnf") and find_nginx()),
+        reason="skopeo, dnf and nginx are needed",
+    ),
+]
+IMAGES = ("docker.io/library/nginx:1.25", "quay.io/fixture/tool:v1")
+
+
+@dataclass
+class Node:
+    """One mirror node: its directory, config, web and registry ports, and its processes."""
+
+    dir: Path
+    port: int = field(default_factory=free_port)
+    registry_port: int = field(default_factory=free_port)
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "mirror.yaml"
+
+    def write(self, **values: object) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        raw = {
+            "data_dir": "./data",
+            "base_url": self.base_url,
+            "releasever": ["9"],
+            "basearch": ["x86_64"],
+            "http_timeout": 10,
+            "http_retries": 1,
+            "platforms": "all",
+            "registry": {"url": self.registry},
+            **values,
+        }
+        self.config.write_text(yaml.safe_dump(raw))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mirror", "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=self.dir,
+        )
+
+    def sync(self) -> subprocess.CompletedProcess[str]:
+        done = self.run("sync")
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done
+
+    def serve(self) -> None:
+        log = (self.dir / f"serve-{len(self.procs)}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mirror", "-c", str(self.config), "serve"]
+            + ["--bind", f"127.0.0.1:{self.port}", "--workers", "2"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        wait_http(self.base_url + "/healthz")
+        wait_registry(self.registry)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+
+
+def _write_repos(repos: Path, up: Upstream) -> None:
+    repos.mkdir(parents=True, exist_ok=True)
+    k8s = up.server.url_for(up.root / K8S_REL)
+    (repos / "kubernetes.repo").write_text(
+        f"[kubernetes]\nname=Kubernetes\nbaseurl={k8s}/\nenabled=1\ngpgcheck=1\n"
+        f"repo_gpgcheck=1\ngpgkey={k8s}/repodata/repomd.xml.key\n"
+    )
+    (repos / "docker-ce.repo").write_text(
+        "[docker-ce-stable]\nname=Docker CE Stable - $basearch\n"
+        f"baseurl={up.server.url}/linux/centos/$releasever/$basearch/stable\n"
+        f"enabled=1\ngpgcheck=1\ngpgkey={up.server.url}/docker.gpg\n"
+    )
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, upstream: Upstream) -> Iterator[tuple[Node, Node]]:
+    """A synced from the fixture upstreams and serving; the upstreams then stopped."""
+    images_up = start_registry(tmp_path / "upstream-registry")
+    a, b = Node(tmp_path / "a"), Node(tmp_path / "b")
+    try:
+        for ref in IMAGES:
+            push_image(images_up, ref, tmp_path / "build")
+        tool = upstream.root / "tools" / "tool.tar.gz"
+        tool.parent.mkdir(parents=True)
+        tool.write_bytes(hashlib.sha256(b"seed").digest() * 4096)
+        _write_repos(a.dir / "repos", upstream)
+        a.dir.mkdir(parents=True, exist_ok=True)
+        (a.dir / "images.txt").write_text("\n".join(IMAGES) + "\n")
+        write_registries_conf(a.dir / "registries.conf", images_up)
+        a.write(
+            repos_dir="./repos",
+            images_file="./images.txt",
+            upstream={"registries_conf": "./registries.conf"},
+            files=[
+                {
+                    "url": upstream.server.url_for(tool),
+                    "sha256": hashlib.sha256(tool.read_bytes()).hexdigest(),
+                    "path": "tools/tool.tar.gz",
+                }
+            ],
+        )
+        a.sync()
+        a.serve()
+        # From here on A is all B can reach.
+        upstream.server.stop()
+        images_up.stop()
+        b.write(upstream_mirror=a.base_url)
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+        images_up.stop()
+
+
+def _access_lines(log: Path, since: int, sentinel: str, base_url: str) -> list[str]:
+    """Lines nginx logged after byte `since`, up to the sentinel request made now: nginx
+    buffers its access log (flush=1s), per worker, so wait for the sentinel, then one
+    more flush period for the other workers' buffers."""
+    requests.get(f"{base_url}/healthz?{sentinel}", timeout=10)
+    deadline = time.monotonic() + 15
+    while sentinel not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)
+    with log.open("rb") as fh:
+        fh.seek(since)
+        lines = fh.read().decode().splitlines()
+    return [line for line in lines if sentinel not in line]
+
+
+def _registry_requests(log: Path, since: int) -> list[str]:
+    with log.open("rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode(errors="replace")
+    return [line for line in text.splitlines() if '"GET /v2/' in line or '"HEAD /v2/' in line]
+
+
+def test_downstream_mirrors_everything_from_upstream_mirror(
+    nodes: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = nodes
+    registry_log = a.dir / "data/registry/registry.log"
+    first_mark = registry_log.stat().st_size
+    first = b.sync()
+    b.serve()
+    # The first sync read A's registry (and the log check below can see such requests).
+    assert _registry_requests(registry_log, first_mark)
+    assert "upstream_mirror: 1 ok (1 changed" in first.stderr
+
+    # Repos: B's own .repo file points at B, and dnf installs with both signature checks on.
+    repofile = requests.get(f"{b.base_url}/repofiles/mirror.repo", timeout=10).text
+    assert f"baseurl={b.base_url}/repos/kubernetes/" in repofile
+    assert f"gpgkey={b.base_url}/keys/kubernetes.gpg" in repofile
+    assert "repo_gpgcheck=1" in repofile and a.base_url not in repofile
+    a_repomd = a.dir / "data/repos/kubernetes/repodata/repomd.xml"
+    b_repomd = b.dir / "data/repos/kubernetes/repodata/repomd.xml"
+    assert b_repomd.read_bytes() == a_repomd.read_bytes()  # byte for byte: the signature holds
+    assert (b_repomd.parent / "repomd.xml.asc").read_bytes() == (
+        a_repomd.parent / "repomd.xml.asc"
+    ).read_bytes()
+    with DnfRoot(tmp_path / "dnf") as dnf:
+        (dnf.reposdir / "mirror.repo").write_text(repofile)
+        dnf.install("kubeadm-1.28.2", "containerd.io")
+        names = dnf.installed_names()
+    assert {"kubeadm", "kubelet", "kubectl", "cri-tools", "containerd.io"} <= names
+
+    # Images: every one of A's is in B's registry under B's name, with A's digest.
+    for ref in IMAGES:
+        digest_a = manifest_digest(f"{a.registry}/{ref}")
+        assert manifest_digest(f"{b.registry}/{ref}") == digest_a
+    images_txt = requests.get(f"{b.base_url}/images.txt", timeout=10).text
+    assert f"{b.registry}/docker.io/library/nginx:1.25@" in images_txt
+
+    # Files: identical bytes, served by B.
+    tool = requests.get(f"{b.base_url}/files/tools/tool.tar.gz", timeout=10)
+    assert tool.status_code == 200
+    assert tool.content == (a.dir / "data/files/tools/tool.tar.gz").read_bytes()
+
+    status = json.loads(b.run("status", "--json").stdout)
+    assert [row["key"] for row in status["upstream_mirror"]] == [a.base_url]
+    assert status["upstream_mirror"][0]["images"] == len(IMAGES)
+
+    # A no-op resync of B: what it costs A, from A's own access logs.
+    web_log = a.dir / "data/log/nginx-access.log"
+    web_mark, registry_mark = web_log.stat().st_size, registry_log.stat().st_size
+    again = b.sync()
+    for summary in (
+        "upstream_mirror: 1 ok (0 changed",
+        "repos: 2 ok (0 changed",
+        "files: 1 ok (0 changed",
+        f"images: {len(IMAGES)} ok (0 changed",
+    ):
+        assert summary in again.stderr, again.stderr
+    lines = _access_lines(web_log, web_mark, "noop-sentinel", a.base_url)
+    assert len(lines) == 1, lines
+    assert '"GET /downstream.json HTTP/1.1" 304 ' in lines[0]
+    assert _registry_requests(registry_log, registry_mark) == []
