@@ -27,6 +27,7 @@ import yaml
 from mirror.web.nginx import find_nginx
 from tests.conftest import K8S_REL, Upstream, free_port, stop_process, wait_http
 from tests.fixtures.dnfclient import DnfRoot
+from tests.fixtures.helmrepo import HelmRepo
 from tests.fixtures.registry import (
     manifest_digest,
     push_image,
@@ -140,6 +141,10 @@ def nodes(tmp_path: Path, upstream: Upstream) -> Iterator[tuple[Node, Node]]:
         tool = upstream.root / "tools" / "tool.tar.gz"
         tool.parent.mkdir(parents=True)
         tool.write_bytes(hashlib.sha256(b"seed").digest() * 4096)
+        charts = HelmRepo(upstream.root / "charts-up")
+        charts.add("web", "1.0.0", images=[IMAGES[0]])
+        charts.add("web", "1.1.0", images=[IMAGES[0]])
+        charts.write_index()
         _write_repos(a.dir / "repos", upstream)
         a.dir.mkdir(parents=True, exist_ok=True)
         (a.dir / "images.txt").write_text("\n".join(IMAGES) + "\n")
@@ -154,6 +159,9 @@ def nodes(tmp_path: Path, upstream: Upstream) -> Iterator[tuple[Node, Node]]:
                     "sha256": hashlib.sha256(tool.read_bytes()).hexdigest(),
                     "path": "tools/tool.tar.gz",
                 }
+            ],
+            charts=[
+                {"repo": upstream.server.url_for(charts.root), "name": "web", "newest": 2},
             ],
         )
         a.sync()
@@ -232,6 +240,15 @@ def test_downstream_mirrors_everything_from_upstream_mirror(
     assert tool.status_code == 200
     assert tool.content == (a.dir / "data/files/tools/tool.tar.gz").read_bytes()
 
+    # Charts: B's own index.yaml (pointing at B) lists A's versions; tarballs identical.
+    index = yaml.safe_load(
+        requests.get(f"{b.base_url}/charts/charts-up/index.yaml", timeout=10).text
+    )
+    assert sorted(e["version"] for e in index["entries"]["web"]) == ["1.0.0", "1.1.0"]
+    for name in ("web-1.0.0.tgz", "web-1.1.0.tgz"):
+        served = requests.get(f"{b.base_url}/charts/charts-up/{name}", timeout=10)
+        assert served.content == (a.dir / "data/charts/charts-up" / name).read_bytes()
+
     status = json.loads(b.run("status", "--json").stdout)
     assert [row["key"] for row in status["upstream_mirror"]] == [a.base_url]
     assert status["upstream_mirror"][0]["images"] == len(IMAGES)
@@ -244,6 +261,7 @@ def test_downstream_mirrors_everything_from_upstream_mirror(
         "upstream_mirror: 1 ok (0 changed",
         "repos: 2 ok (0 changed",
         "files: 1 ok (0 changed",
+        "charts: 1 ok (0 changed",
         f"images: {len(IMAGES)} ok (0 changed",
     ):
         assert summary in again.stderr, again.stderr

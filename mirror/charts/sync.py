@@ -78,8 +78,15 @@ def _spec(cfg: Config, repo: ChartRepo) -> str:
 
 
 def sync_repo(
-    cfg: Config, fetcher: Fetcher, repo: ChartRepo, record: ChartRecord, dry_run: bool
+    cfg: Config,
+    fetcher: Fetcher,
+    repo: ChartRepo,
+    record: ChartRecord,
+    dry_run: bool,
+    known_index_sha256: str | None = None,
 ) -> SyncResult:
+    """`known_index_sha256`: the upstream index.yaml's sha256 when already known (a
+    downstream mirror's fresh index); equal to what was published from, nothing is fetched."""
     target = charts_root(cfg) / repo.key
     spec = _spec(cfg, repo)
     # Trust "unchanged upstream" only while what the record says is published is there.
@@ -87,6 +94,8 @@ def sync_repo(
         (target / str(chart.get("file"))).is_file() for chart in record.charts
     )
     same = live and record.spec == spec
+    if same and known_index_sha256 is not None and known_index_sha256 == record.index_sha256:
+        return SyncResult(changed=False)
     headers: dict[str, str] = {}
     if same and record.etag:
         headers["If-None-Match"] = record.etag

@@ -55,6 +55,13 @@ class File:
 
 
 @dataclass(frozen=True)
+class ChartRepo:
+    repo_name: str
+    index_sha256: str
+    charts: tuple[tuple[str, str], ...]  # (name, version)
+
+
+@dataclass(frozen=True)
 class UpstreamIndex:
     repofile: str
     repos: dict[str, str]  # repo target key -> sha256 of A's repomd.xml
@@ -62,6 +69,7 @@ class UpstreamIndex:
     registry_insecure: bool
     images: tuple[Image, ...]
     files: tuple[File, ...]
+    charts: tuple[ChartRepo, ...] = ()
 
 
 def store_dir(cfg: Config) -> Path:
@@ -128,6 +136,7 @@ def parse(body: bytes) -> UpstreamIndex:
             )
         )
     return UpstreamIndex(
+        charts=_parse_charts(doc.get("charts", [])),
         repofile=_expect(doc.get("repofile"), str, "repofile"),
         repos=dict(repos),
         registry=_expect(registry.get("url"), str, "registry.url"),
@@ -135,6 +144,23 @@ def parse(body: bytes) -> UpstreamIndex:
         images=tuple(images),
         files=tuple(files),
     )
+
+
+def _parse_charts(rows: Any) -> tuple[ChartRepo, ...]:
+    repos = []
+    for row in _expect(rows, list, "charts"):
+        _expect(row, dict, "charts[]")
+        sha = _expect(row.get("index_sha256"), str, "charts[].index_sha256")
+        if not _SHA256_RE.match(sha):
+            raise ValueError(f"charts[{row.get('repo_name')!r}].index_sha256: not a sha256")
+        charts = []
+        for chart in _expect(row.get("charts"), list, "charts[].charts"):
+            _expect(chart, dict, "charts[].charts[]")
+            name = _expect(chart.get("name"), str, "charts[].charts[].name")
+            charts.append((name, _expect(chart.get("version"), str, "charts[].charts[].version")))
+        name = _expect(row.get("repo_name"), str, "charts[].repo_name")
+        repos.append(ChartRepo(name, sha, tuple(charts)))
+    return tuple(repos)
 
 
 def fetch(cfg: Config, fetcher: Fetcher, etag: str | None) -> tuple[bytes | None, str | None]:
@@ -392,3 +418,49 @@ def file_unchanged(cfg: Config, entry: FileEntry, record: Any, request: SyncRequ
     index = fresh_index(cfg, request)
     listed = {row.path: row.sha256 for row in index.files} if index else {}
     return listed.get(entry.path) == entry.sha256 == record.sha256 and record.sha256 is not None
+
+
+# --- charts ------------------------------------------------------------------------------
+
+
+def with_upstream_charts(cfg: Config) -> Config:
+    """cfg with a `charts:` entry per chart of the stored index (A's /charts/<repo>/, the
+    versions A holds); repo names B's own entries publish are left to those."""
+    from mirror.charts.config import ChartEntry
+    from mirror.charts.repos import chart_repos
+
+    index = load_stored(cfg)
+    if index is None or not index.charts:
+        return cfg
+    own = {repo.key for repo in chart_repos(cfg)}
+    entries = list(cfg.charts)
+    for repo in index.charts:
+        if repo.repo_name in own:
+            continue
+        versions: dict[str, list[str]] = {}
+        for name, version in repo.charts:
+            versions.setdefault(name, []).append(version)
+        for name, wanted in versions.items():
+            try:
+                entries.append(
+                    ChartEntry(
+                        repo=f"{cfg.upstream_mirror}/charts/{repo.repo_name}",
+                        name=name,
+                        versions=tuple(wanted),
+                        repo_name=repo.repo_name,
+                    )
+                )
+            except ValueError as exc:
+                log.warning("upstream_mirror: chart %r skipped: %s", name, str(exc).splitlines()[0])
+    return cfg.model_copy(update={"charts": tuple(entries)})
+
+
+def chart_index_sha256(
+    cfg: Config, repo_key: str, upstream: str, request: SyncRequest
+) -> str | None:
+    """What the fresh index says A's index.yaml of this chart repository is (None: ask)."""
+    if request.dry_run or upstream != f"{cfg.upstream_mirror}/charts/{repo_key}":
+        return None
+    index = fresh_index(cfg, request)
+    found = {repo.repo_name: repo.index_sha256 for repo in index.charts} if index else {}
+    return found.get(repo_key)

@@ -66,6 +66,24 @@ def _files(cfg: Config) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: str(row["path"]))
 
 
+def _charts(cfg: Config) -> list[dict[str, Any]]:
+    """Every chart repository published: its name, the sha256 of our index.yaml, and the
+    chart versions it holds."""
+    from mirror.charts.sync import INDEX, charts_root
+
+    rows = []
+    for record in state.load_all(cfg.state_root, "charts"):
+        digest = _sha256_of(charts_root(cfg) / record.key / INDEX)
+        charts = [
+            {"name": str(c["name"]), "version": str(c["version"])}
+            for c in record.charts
+            if isinstance(c, dict) and c.get("name") and c.get("version")
+        ]
+        if record.last_success and digest and charts:
+            rows.append({"repo_name": record.key, "index_sha256": digest, "charts": charts})
+    return sorted(rows, key=lambda row: str(row["repo_name"]))
+
+
 def build(cfg: Config, definitions: Sequence[RepoDefinition]) -> dict[str, Any]:
     from mirror.web import repofiles
 
@@ -78,6 +96,7 @@ def build(cfg: Config, definitions: Sequence[RepoDefinition]) -> dict[str, Any]:
         "registry": {"url": cfg.registry.url, "insecure": not cfg.registry.tls_verify},
         "images": _images(cfg),
         "files": _files(cfg),
+        "charts": _charts(cfg),
     }
 
 
