@@ -1,0 +1,230 @@
+"""The pieces of upstream_mirror without running mirrors: A's /downstream.json (its ETag and
+304), B's validation of what it receives, the registries.conf B generates, and how A's
+definitions join B's own. End to end (two real nodes, dnf, skopeo): tests/test_downstream.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mirror import state
+from mirror.config import Config, load_config
+from mirror.content.kind import SyncRequest
+from mirror.downstream import client
+from mirror.errors import ConfigError
+from mirror.repofile import load_definitions
+from mirror.web import create_app
+
+REPOMD = b"<repomd>one</repomd>\n"
+
+
+def _node_a(tmp_path: Path) -> Config:
+    """A published repo, an image and a file, as state and trees on disk."""
+    root = tmp_path / "a"
+    (root / "repos").mkdir(parents=True)
+    (root / "repos" / "k8s.repo").write_text(
+        "[kubernetes]\nname=Kubernetes\nbaseurl=http://up.example/k8s/\ngpgcheck=1\n"
+        "repo_gpgcheck=1\ngpgkey=http://up.example/k8s/key\n"
+    )
+    (root / "mirror.yaml").write_text(
+        "data_dir: ./data\nbase_url: http://a.example:8080\nregistry: {url: 'a.example:5000'}\n"
+    )
+    cfg = load_config(root / "mirror.yaml")
+    repodata = cfg.repos_root / "kubernetes" / "repodata"
+    repodata.mkdir(parents=True)
+    (repodata / "repomd.xml").write_bytes(REPOMD)
+    image = state.ImageRecord(
+        key="docker.io/library/nginx:1.25",
+        upstream="docker.io/library/nginx:1.25",
+        last_success=state.now_iso(),
+        digest="sha256:" + "a" * 64,
+        mirrored=["a.example:5000/docker.io/library/nginx:1.25"],
+    )
+    state.save(cfg.state_root, "images", image)
+    from mirror.files.record import FileRecord
+
+    published = cfg.data_dir / "files" / "tools" / "x.tgz"
+    published.parent.mkdir(parents=True)
+    published.write_bytes(b"x" * 10)
+    record = FileRecord(
+        key="tools/x.tgz",
+        last_success=state.now_iso(),
+        sha256=hashlib.sha256(b"x" * 10).hexdigest(),
+        size=10,
+    )
+    state.save(cfg.state_root, "files", record)
+    return cfg
+
+
+def test_index_lists_what_a_serves_with_an_etag_and_304(tmp_path: Path) -> None:
+    cfg = _node_a(tmp_path)
+    app = create_app(cfg).test_client()
+    first = app.get("/downstream.json")
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-cache"
+    etag = first.headers["ETag"]
+    doc = json.loads(first.data)
+    assert doc["repos"] == {"kubernetes": hashlib.sha256(REPOMD).hexdigest()}
+    assert "baseurl=http://a.example:8080/repos/kubernetes/" in doc["repofile"]
+    assert doc["images"] == [
+        {
+            "upstream": "docker.io/library/nginx:1.25",
+            "mirrored": ["a.example:5000/docker.io/library/nginx:1.25"],
+            "digest": "sha256:" + "a" * 64,
+        }
+    ]
+    assert [row["path"] for row in doc["files"]] == ["tools/x.tgz"]
+    assert doc["registry"] == {"url": "a.example:5000", "insecure": True}
+    again = app.get("/downstream.json", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.data == b""
+    # A newly published repomd.xml is a new document.
+    (cfg.repos_root / "kubernetes" / "repodata" / "repomd.xml").write_bytes(b"<repomd>two</repomd>")
+    changed = app.get("/downstream.json", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    client.parse(changed.data)  # what A serves, B reads
+
+
+def _index(**changes: object) -> bytes:
+    doc: dict[str, object] = {
+        "format": 1,
+        "base_url": "http://a.example:8080",
+        "repofile": "[kubernetes]\nname=Kubernetes (mirror)\n"
+        "baseurl=http://a.example:8080/repos/kubernetes/\ngpgcheck=1\nrepo_gpgcheck=1\n"
+        "gpgkey=http://a.example:8080/keys/kubernetes.gpg\n",
+        "repos": {"kubernetes": "b" * 64},
+        "registry": {"url": "a.example:5000", "insecure": True},
+        "images": [
+            {
+                "upstream": "docker.io/library/nginx:1.25",
+                "mirrored": ["a.example:5000/docker.io/library/nginx:1.25"],
+                "digest": "sha256:" + "c" * 64,
+            }
+        ],
+        "files": [],
+        "charts": [],
+    }
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<html>", "not JSON"),
+        (_index(format=2), "format 2, this mirror reads format 1"),
+        (_index(repos={"kubernetes": "nope"}), "repos['kubernetes']: not a sha256"),
+        (_index(images=[{"upstream": "x", "mirrored": ["y"], "digest": "md5:1"}]), "digest"),
+        (
+            _index(images=[{"upstream": "x", "mirrored": [], "digest": "sha256:" + "c" * 64}]),
+            "no names",
+        ),
+        (_index(files=[{"path": "a", "sha256": 5}]), "files[].sha256: expected str"),
+        (_index(repofile=None), "repofile: expected str"),
+    ],
+)
+def test_bad_index_is_refused_naming_what_is_wrong(body: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match="^.*" + message.replace("[", r"\[").replace("]", r"\]")):
+        client.parse(body)
+
+
+def _node_b(tmp_path: Path, extra: str = "") -> Config:
+    root = tmp_path / "b"
+    root.mkdir(parents=True)
+    (root / "mirror.yaml").write_text(
+        "data_dir: ./data\nbase_url: http://b.example:8080\nupstream_mirror: http://a.example:8080\n"
+        "upstream_mirror_ca: ./a-ca.pem\n" + extra
+    )
+    return load_config(root / "mirror.yaml")
+
+
+def test_definitions_of_the_upstream_mirror_join_b_own(tmp_path: Path) -> None:
+    cfg = _node_b(tmp_path, "repo_filters: {kubernetes: {newest: 1}}\n")
+    # No repos_dir and nothing fetched yet: no repos, and the filter cannot be checked yet.
+    assert load_definitions(cfg) == []
+    client.store(cfg, _index())
+    (definition,) = load_definitions(cfg)
+    assert definition.id == "kubernetes" and definition.name == "Kubernetes"
+    assert definition.baseurls == ("http://a.example:8080/repos/kubernetes/",)
+    assert definition.repo_gpgcheck and definition.gpgcheck
+    assert definition.sslcacert == tmp_path / "b" / "a-ca.pem"
+    # Once A's repos are known, a filter naming none of them is the usual error.
+    bad = _node_b(tmp_path / "2", "repo_filters: {nosuch: {newest: 1}}\n")
+    client.store(bad, _index())
+    with pytest.raises(ConfigError, match="repo_filters.nosuch"):
+        load_definitions(bad)
+
+
+def test_own_repo_wins_over_the_upstream_mirror(tmp_path: Path) -> None:
+    cfg = _node_b(tmp_path)
+    assert cfg.repos_dir is not None
+    cfg.repos_dir.mkdir()
+    (cfg.repos_dir / "k.repo").write_text("[kubernetes]\nbaseurl=http://own.example/k/\n")
+    client.store(cfg, _index())
+    (definition,) = load_definitions(cfg)
+    assert definition.baseurls == ("http://own.example/k/",)
+
+
+def test_bad_repofile_keeps_the_stored_index(tmp_path: Path) -> None:
+    cfg = _node_b(tmp_path)
+    client.store(cfg, _index())
+    before = (client.store_dir(cfg) / "index.json").read_bytes()
+    with pytest.raises(client.UpstreamIndexError, match="bad repofile in the index: .*mirrorlist"):
+        client.store(cfg, _index(repofile="[x]\nmirrorlist=http://m/\n"))
+    assert (client.store_dir(cfg) / "index.json").read_bytes() == before
+
+
+def test_registries_conf_sends_a_repositories_to_a_registry(tmp_path: Path) -> None:
+    own = tmp_path / "own.conf"
+    own.write_text(
+        '[[registry]]\nprefix = "docker.io/library/nginx"\nlocation = "own.example/nginx"\n'
+    )
+    cfg = _node_b(tmp_path, f"upstream: {{registries_conf: {own}}}\n")
+    images = [
+        {
+            "upstream": "docker.io/library/nginx:1.25",
+            "mirrored": ["a.example:5000/docker.io/library/nginx:1.25"],
+            "digest": "sha256:" + "c" * 64,
+        },
+        {
+            "upstream": "quay.io/x/y@sha256:" + "d" * 64,
+            "mirrored": ["a.example:5000/quay.io/x/y@sha256:" + "d" * 64],
+            "digest": "sha256:" + "d" * 64,
+        },
+    ]
+    client.store(cfg, _index(images=images))
+    copy_cfg = client.image_config(cfg)
+    assert copy_cfg.upstream.registries_conf == client.store_dir(cfg) / "registries.conf"
+    assert copy_cfg.upstream.registries_conf is not None
+    entries = tomllib.loads(copy_cfg.upstream.registries_conf.read_text())["registry"]
+    assert [(e["prefix"], e["location"], e.get("insecure")) for e in entries] == [
+        ("docker.io/library/nginx", "own.example/nginx", None),  # B's own entry wins
+        ("quay.io/x/y", "a.example:5000/quay.io/x/y", True),
+    ]
+
+
+def test_known_digests_only_from_an_index_fetched_by_this_run(tmp_path: Path) -> None:
+    from mirror.images.refs import ImageJob, parse_reference
+
+    cfg = _node_b(tmp_path)
+    client.store(cfg, _index())
+    job = ImageJob(parse_reference("nginx:1.25"), ("b.example:5000/docker.io/library/nginx:1.25",))
+    request = SyncRequest()
+    assert client.with_known_digests(cfg, [job], request) == [job]  # not fetched by this run
+    record = state.Record(key="http://a.example:8080", last_success=request.started)
+    state.save(cfg.state_root, client.KIND_NAME, record)
+    (known,) = client.with_known_digests(cfg, [job], request)
+    assert known.known_digest == "sha256:" + "c" * 64
+
+
+def test_upstream_mirror_is_validated_like_base_url(tmp_path: Path) -> None:
+    path = tmp_path / "mirror.yaml"
+    path.write_text("upstream_mirror: 'ftp://a.example/'\n")
+    with pytest.raises(ConfigError, match="key 'upstream_mirror': .*http:// or https://"):
+        load_config(path)
+    path.write_text("repos_dir: ./nosuch\n")
+    with pytest.raises(ConfigError, match="key 'repos_dir'"):
+        load_definitions(load_config(path))
