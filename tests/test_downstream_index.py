@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import ssl
+import subprocess
+import threading
 import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -228,3 +233,109 @@ def test_upstream_mirror_is_validated_like_base_url(tmp_path: Path) -> None:
     path.write_text("repos_dir: ./nosuch\n")
     with pytest.raises(ConfigError, match="key 'repos_dir'"):
         load_definitions(load_config(path))
+
+
+def _tls_server(tmp_path: Path, body: bytes) -> tuple[ThreadingHTTPServer, Path]:
+    """An https server (a throwaway CA made with openssl, a cert for 127.0.0.1) answering
+    every GET with `body`; returns it and the CA file."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "srv.pem",
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("ETag", '"e1"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, tmp_path / "ca.pem"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed")
+def test_https_upstream_mirror_is_trusted_through_upstream_mirror_ca(tmp_path: Path) -> None:
+    from mirror.http import Fetcher
+    from mirror.repofile import expand_targets
+    from mirror.yum.sync import _options
+
+    server, ca = _tls_server(tmp_path, _index())
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        for name, with_ca in (("without", False), ("with", True)):
+            root = tmp_path / name
+            root.mkdir()
+            ca_line = f"upstream_mirror_ca: {ca}\n" if with_ca else ""
+            (root / "mirror.yaml").write_text(
+                f"data_dir: ./data\nupstream_mirror: {url}\n{ca_line}"
+            )
+            cfg = load_config(root / "mirror.yaml")
+            with Fetcher(retries=0, timeout=10) as fetcher:
+                if not with_ca:
+                    with pytest.raises(
+                        client.UpstreamIndexError, match="cannot fetch .*(certificate|SSL)"
+                    ):
+                        client.fetch(cfg, fetcher, None)
+                    continue
+                body, etag = client.fetch(cfg, fetcher, None)
+            assert body == _index() and etag == "e1"
+            client.store(cfg, body)
+            (target,) = expand_targets(load_definitions(cfg), cfg)
+            assert _options(target).ca_file == ca  # repos, keys: the same CA
+    finally:
+        server.shutdown()
+        server.server_close()

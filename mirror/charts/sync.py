@@ -77,6 +77,13 @@ def _spec(cfg: Config, repo: ChartRepo) -> str:
     return hashlib.sha256(f"{repo.spec()}|{cfg.base_url}".encode()).hexdigest()
 
 
+def _options(cfg: Config, repo: ChartRepo) -> RequestOptions:
+    """A chart repository of an upstream mirror is fetched trusting upstream_mirror_ca."""
+    if cfg.upstream_mirror and repo.upstream.startswith(f"{cfg.upstream_mirror}/charts/"):
+        return RequestOptions(ca_file=cfg.upstream_mirror_ca)
+    return RequestOptions()
+
+
 def sync_repo(
     cfg: Config,
     fetcher: Fetcher,
@@ -102,7 +109,9 @@ def sync_repo(
     if same and record.last_modified:
         headers["If-Modified-Since"] = record.last_modified
     try:
-        reply = fetcher.request("GET", repo.index_url, headers=headers, limit=MAX_INDEX)
+        reply = fetcher.request(
+            "GET", repo.index_url, _options(cfg, repo), headers=headers, limit=MAX_INDEX
+        )
     except FetchError as exc:
         raise ChartSyncError(repo.key, f"index.yaml: {exc}", exc.url) from None
     if reply.status == 304 and same:
@@ -170,7 +179,7 @@ def _jobs(
             version.url,
             staging / version.file,
             expected,
-            RequestOptions(),
+            _options(cfg, repo),
             version.label,
             MAX_TARBALL,
         )
