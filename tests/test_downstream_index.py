@@ -20,7 +20,7 @@ import pytest
 from mirror import state
 from mirror.config import Config, load_config
 from mirror.content.kind import SyncRequest
-from mirror.downstream import client
+from mirror.downstream import client, document
 from mirror.errors import ConfigError
 from mirror.repofile import load_definitions
 from mirror.web import create_app
@@ -90,7 +90,7 @@ def test_index_lists_what_a_serves_with_an_etag_and_304(tmp_path: Path) -> None:
     (cfg.repos_root / "kubernetes" / "repodata" / "repomd.xml").write_bytes(b"<repomd>two</repomd>")
     changed = app.get("/downstream.json", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["ETag"] != etag
-    client.parse(changed.data)  # what A serves, B reads
+    document.parse(changed.data)  # what A serves, B reads
 
 
 def _index(**changes: object) -> bytes:
@@ -133,7 +133,7 @@ def _index(**changes: object) -> bytes:
 )
 def test_bad_index_is_refused_naming_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(ValueError, match="^.*" + message.replace("[", r"\[").replace("]", r"\]")):
-        client.parse(body)
+        document.parse(body)
 
 
 def _node_b(tmp_path: Path, extra: str = "") -> Config:

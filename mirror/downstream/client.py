@@ -9,17 +9,17 @@ the network except `fetch`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mirror import fsutil, state
 from mirror.config import Config
-from mirror.downstream.index import FORMAT, PATH
+from mirror.downstream.document import UpstreamIndex, parse
+from mirror.downstream.index import PATH
 from mirror.errors import ConfigError, MirrorError
 from mirror.http import Fetcher, FetchError, RequestOptions
 
@@ -32,44 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mirror.downstream")
 KIND_NAME = "upstream_mirror"
 INDEX_LIMIT = 32 * 1024 * 1024  # thousands of images and files are a few MiB of JSON
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class UpstreamIndexError(MirrorError):
     """The upstream mirror's index is unusable (one line naming the URL and what is wrong)."""
-
-
-@dataclass(frozen=True)
-class Image:
-    upstream: str
-    mirrored: tuple[str, ...]
-    digest: str
-
-
-@dataclass(frozen=True)
-class File:
-    path: str
-    sha256: str
-    size: int | None
-
-
-@dataclass(frozen=True)
-class ChartRepo:
-    repo_name: str
-    index_sha256: str
-    charts: tuple[tuple[str, str], ...]  # (name, version)
-
-
-@dataclass(frozen=True)
-class UpstreamIndex:
-    repofile: str
-    repos: dict[str, str]  # repo target key -> sha256 of A's repomd.xml
-    registry: str
-    registry_insecure: bool
-    images: tuple[Image, ...]
-    files: tuple[File, ...]
-    charts: tuple[ChartRepo, ...] = ()
 
 
 def store_dir(cfg: Config) -> Path:
@@ -84,83 +50,6 @@ def index_url(cfg: Config) -> str:
 def request_options(cfg: Config) -> RequestOptions:
     """For every request to the upstream mirror (index, repos, keys, files)."""
     return RequestOptions(ca_file=cfg.upstream_mirror_ca)
-
-
-# --- the document ------------------------------------------------------------------------
-
-
-def _expect(value: Any, kind: type, what: str) -> Any:
-    if not isinstance(value, kind):
-        raise ValueError(f"{what}: expected {kind.__name__}")
-    return value
-
-
-def parse(body: bytes) -> UpstreamIndex:
-    """ValueError naming the first thing wrong; every value is checked before it is used."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON ({exc})") from None
-    _expect(doc, dict, "document")
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"format {doc.get('format')!r}, this mirror reads format {FORMAT}")
-    repos = _expect(doc.get("repos"), dict, "repos")
-    for key, digest in repos.items():
-        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
-            raise ValueError(f"repos[{key!r}]: not a sha256")
-    registry = _expect(doc.get("registry"), dict, "registry")
-    images = []
-    for row in _expect(doc.get("images"), list, "images"):
-        _expect(row, dict, "images[]")
-        mirrored = tuple(_expect(row.get("mirrored"), list, "images[].mirrored"))
-        digest = _expect(row.get("digest"), str, "images[].digest")
-        if not mirrored or not all(isinstance(m, str) for m in mirrored):
-            raise ValueError(f"images[{row.get('upstream')!r}].mirrored: no names")
-        if not _DIGEST_RE.match(digest):
-            raise ValueError(f"images[{row.get('upstream')!r}].digest: not sha256:<hex>")
-        images.append(
-            Image(_expect(row.get("upstream"), str, "images[].upstream"), mirrored, digest)
-        )
-    files = []
-    for row in _expect(doc.get("files"), list, "files"):
-        _expect(row, dict, "files[]")
-        sha = _expect(row.get("sha256"), str, "files[].sha256")
-        if not _SHA256_RE.match(sha):
-            raise ValueError(f"files[{row.get('path')!r}].sha256: not a sha256")
-        size = row.get("size")
-        files.append(
-            File(
-                _expect(row.get("path"), str, "files[].path"),
-                sha,
-                size if isinstance(size, int) else None,
-            )
-        )
-    return UpstreamIndex(
-        charts=_parse_charts(doc.get("charts", [])),
-        repofile=_expect(doc.get("repofile"), str, "repofile"),
-        repos=dict(repos),
-        registry=_expect(registry.get("url"), str, "registry.url"),
-        registry_insecure=bool(registry.get("insecure", True)),
-        images=tuple(images),
-        files=tuple(files),
-    )
-
-
-def _parse_charts(rows: Any) -> tuple[ChartRepo, ...]:
-    repos = []
-    for row in _expect(rows, list, "charts"):
-        _expect(row, dict, "charts[]")
-        sha = _expect(row.get("index_sha256"), str, "charts[].index_sha256")
-        if not _SHA256_RE.match(sha):
-            raise ValueError(f"charts[{row.get('repo_name')!r}].index_sha256: not a sha256")
-        charts = []
-        for chart in _expect(row.get("charts"), list, "charts[].charts"):
-            _expect(chart, dict, "charts[].charts[]")
-            name = _expect(chart.get("name"), str, "charts[].charts[].name")
-            charts.append((name, _expect(chart.get("version"), str, "charts[].charts[].version")))
-        name = _expect(row.get("repo_name"), str, "charts[].repo_name")
-        repos.append(ChartRepo(name, sha, tuple(charts)))
-    return tuple(repos)
 
 
 def fetch(cfg: Config, fetcher: Fetcher, etag: str | None) -> tuple[bytes | None, str | None]:
@@ -210,10 +99,18 @@ def load_stored(cfg: Config) -> UpstreamIndex | None:
     """The index last fetched, or None (never fetched, or unreadable)."""
     if cfg.upstream_mirror is None:
         return None
+    path = store_dir(cfg) / "index.json"
     try:
-        return parse((store_dir(cfg) / "index.json").read_bytes())
+        st = path.stat()
+        return _parsed(path, st.st_mtime_ns, st.st_size)
     except (OSError, ValueError):
         return None
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: Path, mtime_ns: int, size: int) -> UpstreamIndex:
+    """Parsed once per version of the file: every repo, file and chart of a sync asks."""
+    return parse(path.read_bytes())
 
 
 def fresh_index(cfg: Config, request: SyncRequest) -> UpstreamIndex | None:
@@ -289,13 +186,6 @@ def repo_unchanged(
 # --- images ------------------------------------------------------------------------------
 
 
-def _repository(name: str) -> str:
-    """ "host:5000/docker.io/x/y:tag" or "...@sha256:..." -> "host:5000/docker.io/x/y"."""
-    name = name.split("@", 1)[0]
-    head, _, last = name.rpartition("/")
-    return f"{head}/{last.split(':', 1)[0]}" if head else name
-
-
 def with_upstream_images(cfg: Config, jobs: list[ImageJob]) -> list[ImageJob]:
     """`jobs` plus one for every image of the stored index (named in B's registry by B's
     rules); an index row that does not parse is skipped with a warning."""
@@ -344,7 +234,10 @@ def registries_conf(cfg: Config) -> Path | None:
     own = ""
     prefixes: set[str] = set()
     if cfg.upstream.registries_conf is not None:
-        own = cfg.upstream.registries_conf.read_text(encoding="utf-8")
+        try:
+            own = cfg.upstream.registries_conf.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(cfg.upstream.registries_conf), f"cannot read: {exc}") from None
         try:
             parsed = tomllib.loads(own)
         except tomllib.TOMLDecodeError as exc:
@@ -355,8 +248,9 @@ def registries_conf(cfg: Config) -> Path | None:
         f"# Generated for upstream_mirror {cfg.upstream_mirror}: A's registry {index.registry}\n"
     )
     for image in index.images:
-        try:
+        try:  # both names as strictly as images.txt lines: they go into a TOML file
             prefix = parse_reference(image.upstream).repository
+            location = parse_reference(image.mirrored[0]).repository
         except BadReference:
             continue
         if prefix in prefixes:
@@ -364,7 +258,7 @@ def registries_conf(cfg: Config) -> Path | None:
         prefixes.add(prefix)
         blocks.append(
             f"[[registry]]\nprefix = {json.dumps(prefix)}\n"
-            f"location = {json.dumps(_repository(image.mirrored[0]))}\n"
+            f"location = {json.dumps(location)}\n"
             f"insecure = {'true' if index.registry_insecure else 'false'}\n"
         )
     path = store_dir(cfg) / "registries.conf"

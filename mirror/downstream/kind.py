@@ -12,7 +12,7 @@ from typing import Any
 from mirror import state
 from mirror.config import Config
 from mirror.content.kind import Outcome, SyncRequest, configured_fetcher, outcome_fields
-from mirror.downstream import client
+from mirror.downstream import client, document
 
 
 @dataclass
@@ -62,7 +62,7 @@ class UpstreamMirrorKind:
         if body is None:
             return Outcome(changed=False)
         if request.dry_run:
-            client.parse(body)
+            document.parse(body)
             return Outcome(changed=True)
         index = client.store(cfg, body)
         record.etag = etag
