@@ -332,6 +332,17 @@ def test_downstream_mirrors_everything_from_upstream_mirror(tiers: Tiers) -> Non
     _noop_resync_costs_one_request(tiers)
     _change_at_a_reaches_b(tiers)
 
+    # Tiers chain: C mirrors B as B mirrors A.
+    c = Node(tiers.work / "c")
+    tiers.stops.append(c.stop)
+    c.write(upstream_mirror=b.base_url)
+    c.sync()
+    c.serve()
+    assert _repomd(c) == _repomd(a)
+    assert manifest_digest(f"{c.registry}/{IMAGES[1]}") == manifest_digest(
+        f"{a.registry}/{IMAGES[1]}"
+    )
+
     # A gone: B's sync fails with one line naming the upstream mirror; B keeps serving.
     a.stop()
     down = b.run("sync")

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from flask import Blueprint, Response, current_app, request
 
 from mirror.config import Config
 from mirror.downstream import index
-from mirror.repofile import RepoDefinition
+from mirror.errors import ConfigError
+from mirror.repofile import RepoDefinition, load_definitions
 
 bp = Blueprint("downstream", __name__)
 
@@ -16,6 +19,10 @@ bp = Blueprint("downstream", __name__)
 def downstream_index() -> Response:
     cfg: Config = current_app.config["MIRROR"]
     definitions: list[RepoDefinition] = current_app.config["MIRROR_REPOS"]
+    if cfg.upstream_mirror is not None:
+        # A middle tier: its own upstream mirror's repos change at sync time, not at start.
+        with contextlib.suppress(ConfigError):
+            definitions = load_definitions(cfg)
     body, etag = index.render(cfg, definitions)
     reply = Response(body, mimetype="application/json")
     reply.set_etag(etag)
