@@ -328,6 +328,8 @@ def test_downstream_mirrors_everything_from_upstream_mirror(tiers: Tiers) -> Non
     status = json.loads(b.run("status", "--json").stdout)
     assert [row["key"] for row in status["upstream_mirror"]] == [a.base_url]
     assert status["upstream_mirror"][0]["images"] == len(IMAGES)
+    page = requests.get(f"{b.base_url}/", timeout=10).text
+    assert 'id="upstream-mirror"' in page and a.base_url in page
 
     _noop_resync_costs_one_request(tiers)
     _change_at_a_reaches_b(tiers)
