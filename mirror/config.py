@@ -221,7 +221,16 @@ def load_config(path: Path) -> Config:
     named = raw.get("images_file") is not None and resolved.images_file is not None
     if named and resolved.images_file is not None and not resolved.images_file.is_file():
         raise ConfigError(str(path), f"key 'images_file': no such file {resolved.images_file}")
+    _check_upstream_mirror(path, resolved)
     return resolved
+
+
+def _check_upstream_mirror(path: Path, cfg: Config) -> None:
+    if cfg.upstream_mirror is not None and cfg.upstream_mirror == cfg.base_url:
+        raise ConfigError(str(path), "key 'upstream_mirror': is this node's own base_url")
+    ca = cfg.upstream_mirror_ca
+    if ca is not None and not ca.is_file():
+        raise ConfigError(str(path), f"key 'upstream_mirror_ca': no such file {ca}")
 
 
 def resolve_paths(cfg: Config, path: Path) -> Config:

@@ -139,6 +139,7 @@ def test_bad_index_is_refused_naming_what_is_wrong(body: bytes, message: str) ->
 def _node_b(tmp_path: Path, extra: str = "") -> Config:
     root = tmp_path / "b"
     root.mkdir(parents=True)
+    (root / "a-ca.pem").write_text("not checked until used\n")
     (root / "mirror.yaml").write_text(
         "data_dir: ./data\nbase_url: http://b.example:8080\nupstream_mirror: http://a.example:8080\n"
         "upstream_mirror_ca: ./a-ca.pem\n" + extra
@@ -229,6 +230,12 @@ def test_upstream_mirror_is_validated_like_base_url(tmp_path: Path) -> None:
     path = tmp_path / "mirror.yaml"
     path.write_text("upstream_mirror: 'ftp://a.example/'\n")
     with pytest.raises(ConfigError, match="key 'upstream_mirror': .*http:// or https://"):
+        load_config(path)
+    path.write_text("base_url: http://b:8080\nupstream_mirror: http://b:8080/\n")
+    with pytest.raises(ConfigError, match="key 'upstream_mirror': is this node's own base_url"):
+        load_config(path)
+    path.write_text("upstream_mirror: http://a:8080\nupstream_mirror_ca: ./nosuch.pem\n")
+    with pytest.raises(ConfigError, match="key 'upstream_mirror_ca': no such file .*nosuch.pem"):
         load_config(path)
     path.write_text("repos_dir: ./nosuch\n")
     with pytest.raises(ConfigError, match="key 'repos_dir'"):
