@@ -346,3 +346,30 @@ def test_https_upstream_mirror_is_trusted_through_upstream_mirror_ca(tmp_path: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_hostile_names_in_the_index_are_skipped_not_followed(tmp_path: Path) -> None:
+    """Paths and names from A pass B's own checks: a file path with '..' or a chart repo
+    name with '/' is skipped (with a warning), an image name that is no reference never
+    reaches the generated registries.conf."""
+    cfg = _node_b(tmp_path)
+    files = [
+        {"path": "../../etc/cron.d/x", "sha256": "e" * 64, "size": 1},
+        {"path": "ok/tool.tgz", "sha256": "f" * 64, "size": 1},
+    ]
+    charts = [
+        {"repo_name": "../up", "index_sha256": "a" * 64, "charts": [{"name": "w", "version": "1"}]}
+    ]
+    images = [
+        {
+            "upstream": "docker.io/x/y:1",
+            "mirrored": ['evil"\n[[registry]]'],
+            "digest": "sha256:" + "c" * 64,
+        }
+    ]
+    client.store(cfg, _index(files=files, charts=charts, images=images))
+    assert [entry.path for entry in client.file_entries(cfg)] == ["ok/tool.tgz"]
+    assert client.with_upstream_charts(cfg).charts == ()
+    conf = client.registries_conf(cfg)
+    assert conf is not None and "evil" not in conf.read_text()
+    assert tomllib.loads(conf.read_text()).get("registry") is None
