@@ -210,6 +210,18 @@ def test_registries_conf_sends_a_repositories_to_a_registry(tmp_path: Path) -> N
         ("docker.io/library/nginx", "own.example/nginx", None),  # B's own entry wins
         ("quay.io/x/y", "a.example:5000/quay.io/x/y", True),
     ]
+    # ... and A's digest is no shortcut for an image B pulls from elsewhere.
+    from mirror.images.refs import ImageJob, parse_reference
+
+    request = SyncRequest()
+    state.save(
+        cfg.state_root,
+        client.KIND_NAME,
+        state.Record(key="http://a.example:8080", last_success=request.started),
+    )
+    jobs = [ImageJob(parse_reference(i["upstream"]), ()) for i in images]
+    known = client.with_known_digests(cfg, jobs, request)
+    assert [job.known_digest for job in known] == [None, "sha256:" + "d" * 64]
 
 
 def test_known_digests_only_from_an_index_fetched_by_this_run(tmp_path: Path) -> None:

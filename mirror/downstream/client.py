@@ -205,14 +205,15 @@ def with_upstream_images(cfg: Config, jobs: list[ImageJob]) -> list[ImageJob]:
 
 
 def with_known_digests(cfg: Config, jobs: list[Any], request: SyncRequest) -> list[Any]:
-    """Each job of an image the fresh index lists carries A's digest: the image sync then
-    asks A's registry nothing when B already holds that digest."""
+    """Each job of an image pulled from A that the fresh index lists carries A's digest: the
+    image sync then asks A's registry nothing when B already holds that digest."""
     from mirror.images.refs import ImageJob
 
     index = fresh_index(cfg, request)
     if index is None:
         return jobs
-    digests = {image.upstream: image.digest for image in index.images}
+    from_a = _redirects(index, _own_registries_conf(cfg)[1])
+    digests = {i.upstream: i.digest for i in index.images if i.upstream in from_a}
     return [
         dataclasses.replace(job, known_digest=digests[job.key])
         if isinstance(job, ImageJob) and job.key in digests
@@ -221,41 +222,56 @@ def with_known_digests(cfg: Config, jobs: list[Any], request: SyncRequest) -> li
     ]
 
 
-def registries_conf(cfg: Config) -> Path | None:
-    """A containers-registries.conf sending every repository A mirrors to A's registry,
-    after B's own upstream.registries_conf (whose prefixes win); None without an index."""
+def _own_registries_conf(cfg: Config) -> tuple[str, set[str]]:
+    """B's own upstream.registries_conf: its text and the prefixes it defines."""
     import tomllib
 
+    path = cfg.upstream.registries_conf
+    if path is None:
+        return "", set()
+    try:
+        own = path.read_text(encoding="utf-8")
+        parsed = tomllib.loads(own)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not TOML: {exc}") from None
+    return own, {str(r.get("prefix") or r.get("location")) for r in parsed.get("registry", [])}
+
+
+def _redirects(index: UpstreamIndex, own_prefixes: set[str]) -> dict[str, tuple[str, str]]:
+    """upstream reference -> (repository prefix, A's repository) for every image pulled
+    from A: those whose repository B's own registries.conf does not name itself."""
     from mirror.images.refs import BadReference, parse_reference
 
-    index = load_stored(cfg)
-    if index is None:
-        return None
-    own = ""
-    prefixes: set[str] = set()
-    if cfg.upstream.registries_conf is not None:
-        try:
-            own = cfg.upstream.registries_conf.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(cfg.upstream.registries_conf), f"cannot read: {exc}") from None
-        try:
-            parsed = tomllib.loads(own)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(str(cfg.upstream.registries_conf), f"not TOML: {exc}") from None
-        prefixes = {str(r.get("prefix") or r.get("location")) for r in parsed.get("registry", [])}
-    blocks = [own.rstrip() + "\n"] if own.strip() else []
-    blocks.append(
-        f"# Generated for upstream_mirror {cfg.upstream_mirror}: A's registry {index.registry}\n"
-    )
+    found = {}
     for image in index.images:
         try:  # both names as strictly as images.txt lines: they go into a TOML file
             prefix = parse_reference(image.upstream).repository
             location = parse_reference(image.mirrored[0]).repository
         except BadReference:
             continue
-        if prefix in prefixes:
+        if prefix not in own_prefixes:
+            found[image.upstream] = (prefix, location)
+    return found
+
+
+def registries_conf(cfg: Config) -> Path | None:
+    """A containers-registries.conf sending every repository A mirrors to A's registry,
+    after B's own upstream.registries_conf (whose prefixes win); None without an index."""
+    index = load_stored(cfg)
+    if index is None:
+        return None
+    own, own_prefixes = _own_registries_conf(cfg)
+    blocks = [own.rstrip() + "\n"] if own.strip() else []
+    blocks.append(
+        f"# Generated for upstream_mirror {cfg.upstream_mirror}: A's registry {index.registry}\n"
+    )
+    written: set[str] = set()
+    for prefix, location in _redirects(index, own_prefixes).values():
+        if prefix in written:  # nginx:1.25 and nginx@sha256:...: one repository
             continue
-        prefixes.add(prefix)
+        written.add(prefix)
         blocks.append(
             f"[[registry]]\nprefix = {json.dumps(prefix)}\n"
             f"location = {json.dumps(location)}\n"
