@@ -328,6 +328,8 @@ def test_downstream_mirrors_everything_from_upstream_mirror(tiers: Tiers) -> Non
     status = json.loads(b.run("status", "--json").stdout)
     assert [row["key"] for row in status["upstream_mirror"]] == [a.base_url]
     assert status["upstream_mirror"][0]["images"] == len(IMAGES)
+    text = b.run("status").stdout
+    assert any(line.startswith(a.base_url) and " ok " in line for line in text.splitlines())
     page = requests.get(f"{b.base_url}/", timeout=10).text
     assert 'id="upstream-mirror"' in page and a.base_url in page
 
