@@ -12,8 +12,10 @@ of every sync (mirror.downstream.kind) and keeps it under data_dir/state/upstrea
   verified against A's /keys/), and B's own .repo files point at B;
 - images: A's images are planned like images.txt lines, their repositories redirected to
   A's registry by a generated containers-registries.conf; copies keep digests;
-- files: `files:` entries for A's /files/ pinned to A's sha256.
+- files: `files:` entries for A's /files/ pinned to A's sha256;
+- charts: `charts:` entries for A's /charts/<repo>/ with the versions A holds.
 When the index was fetched in this very run, what it says is unchanged (B's repo published
 from a repomd.xml with that sha256, B's image recorded with that digest, B's file with that
-sha256) is not asked for again: a no-op resync is one conditional request (a 304) at A.
+sha256, B's chart repo from an index.yaml with that sha256) is not asked for again: a no-op
+resync is one conditional request (a 304) at A.
 """
