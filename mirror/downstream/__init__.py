@@ -6,7 +6,7 @@ image (upstream name, A's names, digest), every mirrored file (path, sha256, siz
 repository. It carries a strong ETag; B asks with If-None-Match.
 
 B (`upstream_mirror: A's base_url`, mirror.downstream.client) fetches it as the first kind
-of every sync (mirror.downstream.kind) and keeps it under data_dir/state/upstream_mirror/:
+of every sync (mirror.downstream.kind) and keeps it under data_dir/state/downstream/:
 - repos: A's .repo definitions are loaded next to repos_dir's (mirror.repofile), so they are
   synced by the ordinary yum sync from A's /repos/ (metadata byte for byte, repomd.xml.asc
   verified against A's /keys/), and B's own .repo files point at B;

@@ -1,6 +1,6 @@
 """The downstream side: A's index fetched, validated and kept; what the kinds take from it.
 
-Kept under data_dir/state/upstream_mirror/: `index.json` (the document as served),
+Kept under data_dir/state/downstream/: `index.json` (the document as served),
 `mirror.repo` (its .repo definitions, loaded by mirror.repofile.load_definitions next to
 repos_dir's) and `registries.conf` (generated for the image copies). Nothing here touches
 the network except `fetch`.
@@ -39,7 +39,8 @@ class UpstreamIndexError(MirrorError):
 
 
 def store_dir(cfg: Config) -> Path:
-    return cfg.state_root / KIND_NAME
+    # Not state/upstream_mirror/: that holds the kind's records (one JSON file per key).
+    return cfg.state_root / "downstream"
 
 
 def index_url(cfg: Config) -> str:

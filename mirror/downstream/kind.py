@@ -17,7 +17,7 @@ from mirror.downstream import client, document
 
 @dataclass
 class UpstreamMirrorRecord(state.Record):
-    etag: str | None = None  # of the index kept in data_dir/state/upstream_mirror/
+    etag: str | None = None  # of the index kept in data_dir/state/downstream/
     repos: int | None = None
     images: int | None = None
     files: int | None = None
