@@ -326,6 +326,7 @@ def _tls_server(tmp_path: Path, body: bytes) -> tuple[ThreadingHTTPServer, Path]
     return server, tmp_path / "ca.pem"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed")
 def test_https_upstream_mirror_is_trusted_through_upstream_mirror_ca(tmp_path: Path) -> None:
     from mirror.http import Fetcher
