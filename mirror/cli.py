@@ -167,6 +167,10 @@ def _node_file_inputs(cfg: Config) -> str:
     if cfg.repos_dir.is_dir():
         paths += sorted(cfg.repos_dir.glob("*.repo"))
     paths += sorted((cfg.state_root / "kubeadm").glob("*.json"))  # kubeadm's own image lists
+    if cfg.upstream_mirror is not None:  # the .repo definitions of the upstream mirror
+        from mirror.downstream.client import store_dir
+
+        paths.append(store_dir(cfg) / "mirror.repo")
     for path in paths:
         with contextlib.suppress(OSError):
             digest.update(str(path).encode() + b"\0" + path.read_bytes())

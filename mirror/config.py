@@ -70,6 +70,9 @@ class RegistryConfig(_Frozen):
                 raise ValueError("registry.ca_file needs tls_verify: true (or leave it out)")
             data = {**data, "tls_verify": True}
         return data
+    # The embedded registry's `storage:` (distribution's own config), e.g. {s3: {...},
+    # redirect: {disable: true}}; None: filesystem under data_dir/registry/storage.
+    storage: dict[str, Any] | None = None
 
     @field_validator("url")
     @classmethod
@@ -126,6 +129,10 @@ class Config(_Frozen):
     sync_token: str | None = None  # enables POST /api/sync when set
     files: FileEntries = ()  # files and manifests to mirror (mirror.files)
     charts: tuple[ChartEntry, ...] = ()  # Helm chart repositories (mirror.charts)
+    # Mirrors of mirrors (mirror.downstream): repos, images, files and charts of another
+    # mirror node (its base_url), in addition to what repos_dir and images_file list.
+    upstream_mirror: str | None = None
+    upstream_mirror_ca: Path | None = None  # CA file (PEM) for an https upstream_mirror
 
     @field_validator("base_url")
     @classmethod
@@ -140,6 +147,12 @@ class Config(_Frozen):
         if not _URL_PATH_RE.match(parts.path):
             raise ValueError("path may only contain letters, digits and ._~/-")
         return value.rstrip("/")
+
+    @field_validator("upstream_mirror")
+    @classmethod
+    def _check_upstream_mirror(cls, value: str | None) -> str | None:
+        # The same rules as base_url: it is another node's base_url.
+        return None if value is None else cls._check_base_url(value)
 
     @field_validator("kubernetes_versions")
     @classmethod
@@ -243,7 +256,16 @@ def load_config(path: Path) -> Config:
     named = raw.get("images_file") is not None and resolved.images_file is not None
     if named and resolved.images_file is not None and not resolved.images_file.is_file():
         raise ConfigError(str(path), f"key 'images_file': no such file {resolved.images_file}")
+    _check_upstream_mirror(path, resolved)
     return resolved
+
+
+def _check_upstream_mirror(path: Path, cfg: Config) -> None:
+    if cfg.upstream_mirror is not None and cfg.upstream_mirror == cfg.base_url:
+        raise ConfigError(str(path), "key 'upstream_mirror': is this node's own base_url")
+    ca = cfg.upstream_mirror_ca
+    if ca is not None and not ca.is_file():
+        raise ConfigError(str(path), f"key 'upstream_mirror_ca': no such file {ca}")
 
 
 def resolve_paths(cfg: Config, path: Path) -> Config:
@@ -254,6 +276,7 @@ def resolve_paths(cfg: Config, path: Path) -> Config:
             "data_dir": _resolve(base, cfg.data_dir),
             "repos_dir": _resolve(base, cfg.repos_dir),
             "images_file": _resolve(base, cfg.images_file),
+            "upstream_mirror_ca": _resolve(base, cfg.upstream_mirror_ca),
             "registry": cfg.registry.model_copy(
                 update={
                     "authfile": _resolve(base, cfg.registry.authfile),

@@ -92,6 +92,10 @@ def image_plan(cfg: Config, run_kubeadm: bool = True) -> ImagePlan:
     planned = [v for v in resolution.versions if v in lists.lists]
     by_version = {v: found.images for v, found in lists.lists.items()}
     jobs = plan_jobs(RegistryLayout.of(cfg.registry), planned, extra, by_version)
+    if cfg.upstream_mirror is not None:  # and every image the upstream mirror holds
+        from mirror.downstream.client import with_upstream_images
+
+        jobs = with_upstream_images(cfg, jobs)
     return ImagePlan(jobs, [*resolution.problems, *lists.failures], lists.warnings)
 
 

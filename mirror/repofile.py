@@ -48,6 +48,7 @@ class RepoDefinition:
     username: str | None
     password: str | None
     source: Path
+    sslcacert: Path | None = None  # CA for https baseurl/gpgkey (an upstream_mirror's CA)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -322,13 +323,14 @@ def _check_url(src: str, key: str, url: str) -> None:
 def load_definitions(cfg: Config) -> list[RepoDefinition]:
     """All enabled sections of repos_dir/*.repo, in file then section order."""
     repos_dir = cfg.repos_dir
-    if not repos_dir.is_dir():
+    # A downstream mirror (upstream_mirror) may have no repos of its own.
+    if not repos_dir.is_dir() and cfg.upstream_mirror is None:
         raise ConfigError(
             str(cfg.config_path or "config"), f"key 'repos_dir': {repos_dir} is not a directory"
         )
     definitions: list[RepoDefinition] = []
     seen: dict[str, Path] = {}
-    for path in sorted(repos_dir.glob("*.repo")):
+    for path in sorted(repos_dir.glob("*.repo")) if repos_dir.is_dir() else []:
         for definition in parse_repo_file(path):
             if definition.id in seen:
                 raise ConfigError(
@@ -336,6 +338,12 @@ def load_definitions(cfg: Config) -> list[RepoDefinition]:
                 )
             seen[definition.id] = path
             definitions.append(definition)
+    if cfg.upstream_mirror is not None:
+        from mirror.downstream.client import add_upstream_definitions
+
+        # A's repos, as last fetched; before the first fetch filters cannot be checked.
+        if not add_upstream_definitions(cfg, definitions, seen):
+            return definitions
     unknown = set(cfg.repo_filters) - set(seen)
     if unknown:
         raise ConfigError(

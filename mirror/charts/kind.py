@@ -37,6 +37,9 @@ class ChartKind:
         "versions": "Chart versions published",
         "bytes": "Bytes of chart tarballs published",
     }
+    # Planned again under the lock: an upstream mirror's index fetched by this run may
+    # bring chart repositories (mirror.downstream).
+    plan_after_earlier_kinds = True
 
     def discovered_images(self, cfg: Config) -> list[tuple[Any, str]]:
         """(ImageRef, source) of every image referenced by what this kind mirrored: the
@@ -50,6 +53,10 @@ class ChartKind:
             return []
         from mirror.charts.repos import chart_repos
 
+        if cfg.upstream_mirror is not None:  # and the upstream mirror's chart repositories
+            from mirror.downstream.client import with_upstream_charts
+
+            return chart_repos(with_upstream_charts(cfg))
         return chart_repos(cfg)
 
     def workers(self, cfg: Config, items: Sequence[Any]) -> int:
@@ -62,8 +69,12 @@ class ChartKind:
 
     def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
         from mirror.charts.sync import sync_repo
+        from mirror.downstream.client import chart_index_sha256
 
-        result = sync_repo(session.cfg, session.fetcher, item, record, request.dry_run)
+        known = chart_index_sha256(session.cfg, item.key, item.upstream, request)
+        result = sync_repo(
+            session.cfg, session.fetcher, item, record, request.dry_run, known_index_sha256=known
+        )
         if not request.dry_run:
             record.fingerprint = record.index_sha256
         return Outcome(changed=result.changed, warnings=result.warnings, detail=result)

@@ -76,9 +76,23 @@ def _spec(cfg: Config, repo: ChartRepo) -> str:
     return hashlib.sha256(f"{repo.spec()}|{cfg.base_url}".encode()).hexdigest()
 
 
+def _options(cfg: Config, repo: ChartRepo) -> RequestOptions:
+    """A chart repository of an upstream mirror is fetched trusting upstream_mirror_ca."""
+    if cfg.upstream_mirror and repo.upstream.startswith(f"{cfg.upstream_mirror}/charts/"):
+        return RequestOptions(ca_file=cfg.upstream_mirror_ca)
+    return RequestOptions()
+
+
 def sync_repo(
-    cfg: Config, fetcher: Fetcher, repo: ChartRepo, record: ChartRecord, dry_run: bool
+    cfg: Config,
+    fetcher: Fetcher,
+    repo: ChartRepo,
+    record: ChartRecord,
+    dry_run: bool,
+    known_index_sha256: str | None = None,
 ) -> SyncResult:
+    """`known_index_sha256`: the upstream index.yaml's sha256 when already known (a
+    downstream mirror's fresh index); equal to what was published from, nothing is fetched."""
     target = charts_root(cfg) / repo.key
     spec = _spec(cfg, repo)
     # Trust "unchanged upstream" only while what the record says is published is there.
@@ -86,13 +100,17 @@ def sync_repo(
         (target / str(chart.get("file"))).is_file() for chart in record.charts
     )
     same = live and record.spec == spec
+    if same and known_index_sha256 is not None and known_index_sha256 == record.index_sha256:
+        return SyncResult(changed=False)
     headers: dict[str, str] = {}
     if same and record.etag:
         headers["If-None-Match"] = record.etag
     if same and record.last_modified:
         headers["If-Modified-Since"] = record.last_modified
     try:
-        reply = fetcher.request("GET", repo.index_url, headers=headers, limit=MAX_INDEX)
+        reply = fetcher.request(
+            "GET", repo.index_url, _options(cfg, repo), headers=headers, limit=MAX_INDEX
+        )
     except FetchError as exc:
         raise ChartSyncError(repo.key, f"index.yaml: {exc}", exc.url) from None
     if reply.status == 304 and same:
@@ -160,7 +178,7 @@ def _jobs(
             version.url,
             staging / version.file,
             expected,
-            RequestOptions(),
+            _options(cfg, repo),
             version.label,
             MAX_TARBALL,
         )

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # version's kubeadm rpm must be mirrored before its image list is needed), images last (they
 # include the images found in mirrored files and charts).
 KINDS: dict[str, str] = {
+    # A downstream mirror's index of its upstream mirror first: the others plan from it.
+    "upstream_mirror": "mirror.downstream.kind",
     "repos": "mirror.yum.kind",
     "files": "mirror.files.kind",
     "charts": "mirror.charts.kind",

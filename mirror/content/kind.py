@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mirror.config import Config
-from mirror.state import Record
+from mirror.state import Record, now_iso
 
 if TYPE_CHECKING:
     from mirror.http import Fetcher
@@ -23,6 +23,9 @@ class SyncRequest:
     # True for the plan made under the sync lock after the earlier kinds synced; the first
     # plan (validation, before the lock) must not run or cache anything (e.g. kubeadm).
     under_lock: bool = False
+    # When the run began: a downstream mirror trusts only an index fetched since then
+    # (mirror.downstream.client.fresh_index).
+    started: str = field(default_factory=now_iso)
 
 
 @dataclass(frozen=True)

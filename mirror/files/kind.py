@@ -22,6 +22,9 @@ class FileKind:
         "bytes": "Size of the published file",
         "changed_upstream": "1 if the file changed upstream since first mirrored (no sha256)",
     }
+    # Planned again under the lock: an upstream mirror's index fetched by this run may
+    # bring files (mirror.downstream).
+    plan_after_earlier_kinds = True
 
     def discovered_images(self, cfg: Config) -> list[tuple[Any, str]]:
         """(ImageRef, source) of every image referenced by what this kind mirrored: the
@@ -33,6 +36,10 @@ class FileKind:
     def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
         if request.repo_ids:  # `--repo ID` narrows the sync to those repos
             return []
+        if cfg.upstream_mirror is not None:  # and the upstream mirror's files
+            from mirror.downstream.client import file_entries
+
+            return [*cfg.files, *file_entries(cfg)]
         return list(cfg.files)  # validated by the config (mirror.files.config)
 
     def workers(self, cfg: Config, items: Sequence[Any]) -> int:
@@ -47,9 +54,11 @@ class FileKind:
             yield FileSession(cfg, fetcher)
 
     def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
+        from mirror.downstream.client import file_unchanged
         from mirror.files.sync import sync_file
 
-        result = sync_file(session, item, record, request.dry_run)
+        known = file_unchanged(session.cfg, item, record, request)
+        result = sync_file(session, item, record, request.dry_run, known_unchanged=known)
         return Outcome(changed=result.changed, warnings=result.warnings, detail=result)
 
     def cleanup_failed(self, cfg: Config, item: Any, error: Exception) -> None:

@@ -91,18 +91,27 @@ def refuse_symlinks(cfg: Config, entry: FileEntry) -> None:
 
 
 def sync_file(
-    session: FileSession, entry: FileEntry, record: FileRecord, dry_run: bool
+    session: FileSession,
+    entry: FileEntry,
+    record: FileRecord,
+    dry_run: bool,
+    known_unchanged: bool = False,
 ) -> FileResult:
+    """`known_unchanged`: upstream is known to hold what was published (a downstream
+    mirror's fresh index says so); then upstream is not asked while the copy is intact."""
     cfg, fetcher = session.cfg, session.fetcher
     refuse_symlinks(cfg, entry)
     dest = published_path(cfg, entry)
-    upstream = _ask_upstream(fetcher, entry, record, dest)
+    if known_unchanged and _published_matches(entry, record, dest):
+        upstream = _Upstream(True, record.etag, record.last_modified)
+    else:
+        upstream = _ask_upstream(fetcher, entry, record, dest, _options(cfg, entry))
     if upstream.unchanged:
         return FileResult(False, tuple(_rescan(entry, record, dest)))
     if dry_run:
         return FileResult(True)
     checksum = entry.sha256 or (_checksum_from(fetcher, entry) if entry.sha256_url else None)
-    staged = _download(fetcher, entry, dest, checksum)
+    staged = _download(fetcher, entry, dest, checksum, _options(cfg, entry))
     try:
         digest = checksum or sha256_of(staged)
         size = staged.stat().st_size
@@ -122,7 +131,20 @@ def sync_file(
     return FileResult(changed, tuple(warnings))
 
 
-def _ask_upstream(fetcher: Fetcher, entry: FileEntry, record: FileRecord, dest: Path) -> _Upstream:
+def _options(cfg: Config, entry: FileEntry) -> RequestOptions:
+    """A file of an upstream mirror is fetched trusting upstream_mirror_ca (if set)."""
+    if cfg.upstream_mirror and entry.url.startswith(f"{cfg.upstream_mirror}/files/"):
+        return RequestOptions(ca_file=cfg.upstream_mirror_ca)
+    return RequestOptions()
+
+
+def _ask_upstream(
+    fetcher: Fetcher,
+    entry: FileEntry,
+    record: FileRecord,
+    dest: Path,
+    opts: RequestOptions | None = None,
+) -> _Upstream:
     """HEAD the URL, conditionally when the published copy is what the record describes."""
     headers: dict[str, str] = {}
     if _published_matches(entry, record, dest):
@@ -131,7 +153,7 @@ def _ask_upstream(fetcher: Fetcher, entry: FileEntry, record: FileRecord, dest: 
         if record.last_modified:
             headers["If-Modified-Since"] = record.last_modified
     try:
-        reply = fetcher.request("HEAD", entry.url, RequestOptions(), headers=headers)
+        reply = fetcher.request("HEAD", entry.url, opts or RequestOptions(), headers=headers)
     except FetchError as exc:
         raise FileSyncError(entry.path, str(exc), entry.url) from None
     if reply.status == 304 and headers:
@@ -202,7 +224,13 @@ def staging_path(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.download")
 
 
-def _download(fetcher: Fetcher, entry: FileEntry, dest: Path, checksum: str | None) -> Path:
+def _download(
+    fetcher: Fetcher,
+    entry: FileEntry,
+    dest: Path,
+    checksum: str | None,
+    opts: RequestOptions | None = None,
+) -> Path:
     staged = staging_path(dest)
     if checksum is None:
         # A .part left by an earlier run may hold bytes of an older upstream file; without a
@@ -211,7 +239,8 @@ def _download(fetcher: Fetcher, entry: FileEntry, dest: Path, checksum: str | No
             staged.with_name(staged.name + ".part").unlink()
     fsutil.ensure_dir(dest.parent)
     expected = Expected("sha256" if checksum else None, checksum)
-    job = DownloadJob(entry.url, staged, expected, RequestOptions(), entry.path, entry.max_size)
+    opts = opts or RequestOptions()
+    job = DownloadJob(entry.url, staged, expected, opts, entry.path, entry.max_size)
     failed = fetcher.download_many([job])
     if failed:
         raise FileSyncError(entry.path, str(failed[0][1]), entry.url)

@@ -35,6 +35,10 @@ class ImageKind:
         for line in plan.warnings:  # kubeadm disagreeing with the table, ...
             log.warning("%s", line)
         jobs = with_found_images(cfg, plan.jobs, found_in_content(cfg))
+        if cfg.upstream_mirror is not None:  # digests its upstream mirror's index names
+            from mirror.downstream.client import with_known_digests
+
+            jobs = with_known_digests(cfg, jobs, request)
         # A version without an image list fails the sync with its own line; the rest syncs.
         problems = [PlanProblem(line.split(":", 1)[0], line) for line in plan.failures]
         return [*jobs, *problems]
@@ -44,12 +48,15 @@ class ImageKind:
 
     @contextmanager
     def session(self, cfg: Config, dry_run: bool) -> Iterator[Any]:
+        from mirror.downstream.client import image_config
         from mirror.images.registry import ensure_registry
         from mirror.images.sync import image_session
 
+        # A downstream mirror copies its upstream mirror's images from that one's registry.
+        copy_cfg = image_config(cfg)
         # A sync from cron must not fail because the web service (and with it the embedded
         # registry) is down: ensure_registry starts it for the duration.
-        with ensure_registry(cfg), image_session(cfg, cfg.image_workers) as session:
+        with ensure_registry(cfg), image_session(copy_cfg, cfg.image_workers) as session:
             yield session
 
     def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:

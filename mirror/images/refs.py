@@ -223,6 +223,9 @@ class ImageJob:
 
     source: ImageRef
     destinations: tuple[str, ...]
+    # What the upstream answers for the reference, when already known (a downstream mirror
+    # reads it in its upstream mirror's index): then nobody is asked (mirror.images.sync).
+    known_digest: str | None = None
 
     @property
     def key(self) -> str:  # its state record's key (mirror.content.kind.Item)

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import yaml
 
@@ -97,15 +98,10 @@ def write_config(cfg: Config, addr: str | None = None, name: str = "config.yml")
     (default: every interface at registry.url's port) and `name` for mirror prune's own
     loopback instance."""
     root = registry_dir(cfg)
-    storage = root / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
     config = {
         "version": 0.1,
         "log": {"level": "info", "fields": {"service": "registry"}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(storage)},
-            "delete": {"enabled": True},
-        },
+        "storage": _storage(cfg, root),
         "http": {
             "addr": addr or f":{port_of(cfg.registry.url, cfg.registry.tls_verify)}",
             "headers": {"X-Content-Type-Options": ["nosniff"]},
@@ -114,6 +110,17 @@ def write_config(cfg: Config, addr: str | None = None, name: str = "config.yml")
     path = root / name
     fsutil.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _storage(cfg: Config, root: Path) -> dict[str, Any]:
+    """distribution's `storage:`: registry.storage handed through as written (e.g. its `s3`
+    driver with `redirect: {disable: true}`), else the filesystem under data_dir. Deletes stay
+    enabled either way: replacing a moved tag's manifest needs them."""
+    if cfg.registry.storage is not None:
+        return {**cfg.registry.storage, "delete": {"enabled": True}}
+    storage = root / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    return {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}}
 
 
 def _check_embeddable(cfg: Config) -> None:

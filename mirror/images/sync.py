@@ -163,19 +163,21 @@ def resolve(
     ref: ImageRef,
     wanted: list[Platform] | None,
     previous: state.ImageRecord | None = None,
+    known_digest: str | None = None,
 ) -> Resolved:
-    """Stage 1: one manifest request upstream (two when the tag moved since the last sync)."""
+    """Stage 1: one manifest request upstream (two when the tag moved since the last sync);
+    none when `known_digest` (what the HEAD would answer) is what the last sync resolved."""
     image = ref.upstream
     reference = ref.digest or ref.tag or "latest"
     one = _mode(ref, wanted)
     mode = _mode_key(ref, one, wanted)
     if previous is not None and previous.fingerprint:
-        head = api.upstream(ref, reference)
-        known = _from_state(ref, one, f"{mode} {head.digest}", previous)
+        head = known_digest or api.upstream(ref, reference).digest
+        known = _from_state(ref, one, f"{mode} {head}", previous)
         if known is not None:
-            _check_pinned(ref, head.digest)
+            _check_pinned(ref, head)
             return known
-        reference = head.digest  # read exactly the document HEAD named
+        reference = head  # read exactly the document HEAD named
     got = api.upstream(ref, reference, body=True)
     top = got.digest
     _check_pinned(ref, top)
@@ -272,7 +274,7 @@ def sync_image(
 ) -> tuple[ImageResult, Resolved]:
     """Stages 1-3 for one image; raises MirrorError on failure."""
     image = job.source.upstream
-    resolved = resolve(api, job.source, wanted, previous)
+    resolved = resolve(api, job.source, wanted, previous, job.known_digest)
     current = {name: local_digest(api, name, image) for name in job.destinations}
     targets = [name for name, digest in current.items() if digest != resolved.digest]
     if not targets:

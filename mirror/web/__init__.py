@@ -26,12 +26,13 @@ def create_app(cfg: Config) -> Flask:
     # Definitions are read once: the .repo files we hand out describe what the config
     # declared when the service started (restart after editing repos/, like any daemon).
     app.config["MIRROR_REPOS"] = load_definitions(cfg)
-    from mirror.web import files, http_metrics, nodes, repos, status
+    from mirror.web import downstream, files, http_metrics, nodes, repos, status
 
     app.register_blueprint(repos.bp)
     app.register_blueprint(nodes.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(downstream.bp)
     http_metrics.install(app)
 
     @app.get("/healthz")

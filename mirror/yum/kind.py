@@ -30,6 +30,9 @@ class RepoKind:
     label = "repo"
     record_type = state.RepoRecord
     gauges = {"packages": "Packages published", "bytes": "Bytes of packages published"}
+    # Planned again under the lock: an upstream mirror's index fetched by this run may
+    # bring repos (mirror.downstream).
+    plan_after_earlier_kinds = True
 
     def plan(self, cfg: Config, request: SyncRequest) -> Sequence[Any]:
         from mirror.repofile import expand_targets, load_definitions, select_targets
@@ -45,8 +48,11 @@ class RepoKind:
             yield RepoSession(cfg, fetcher)
 
     def sync_one(self, session: Any, item: Any, record: Any, request: SyncRequest) -> Outcome:
+        from mirror.downstream.client import repo_unchanged
         from mirror.yum.sync import sync_target
 
+        if repo_unchanged(session.cfg, item, record, request):
+            return Outcome(changed=False)  # the upstream mirror's fresh index says so
         result = sync_target(session.cfg, item, session.fetcher, request.dry_run, record)
         if not request.dry_run:
             record.fingerprint = result.fingerprint

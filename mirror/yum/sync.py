@@ -55,7 +55,7 @@ class RepoResult:
 
 def _options(target: RepoTarget) -> RequestOptions:
     d = target.definition
-    return RequestOptions(d.sslverify, d.proxy, d.username, d.password)
+    return RequestOptions(d.sslverify, d.proxy, d.username, d.password, d.sslcacert)
 
 
 def key_path(cfg: Config, target: RepoTarget) -> Path:
@@ -107,13 +107,26 @@ def _armored(blob: bytes) -> bytes:
 
 def _fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
     """Identifies what a published copy was made from: upstream repomd.xml and our filter."""
+    return fingerprint_of(hashlib.sha256(repomd).hexdigest(), cfg, target)
+
+
+def fingerprint_of(repomd_sha256: str, cfg: Config, target: RepoTarget) -> str:
     rule = cfg.repo_filters.get(target.repo_id)
-    text = hashlib.sha256(repomd).hexdigest() + "|" + (rule.model_dump_json() if rule else "")
+    text = repomd_sha256 + "|" + (rule.model_dump_json() if rule else "")
     if target.definition.gpgcheck:
         # Turning gpgcheck on (or changing its keys) must not be a no-op: the packages already
         # published then get checked too (_verify_published).
         text += "|gpgcheck=" + " ".join(target.gpgkeys)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def unchanged_since(
+    cfg: Config, target: RepoTarget, previous: state.RepoRecord, repomd_sha256: str
+) -> bool:
+    """The published copy was made from a repomd.xml with this sha256 (and our filter):
+    what a downstream mirror learns from its upstream mirror's index without asking."""
+    fingerprint = fingerprint_of(repomd_sha256, cfg, target)
+    return _up_to_date(cfg, target, previous, fingerprint, publish_dir(cfg, target))
 
 
 def publish_dir(cfg: Config, target: RepoTarget) -> Path:
