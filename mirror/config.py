@@ -13,7 +13,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mirror.charts.config import ChartEntry
 from mirror.errors import ConfigError, UnknownKubernetesVersion
@@ -26,6 +33,7 @@ _HOSTPORT_RE = re.compile(
 _URL_PATH_RE = re.compile(r"^[A-Za-z0-9._~/-]*$")
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TLS_HOST_RE = re.compile(r"^(?:[A-Za-z0-9*](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]+)$")
 
 
 class _Frozen(BaseModel):
@@ -59,6 +67,38 @@ class RegistryConfig(_Frozen):
         return value
 
 
+class TlsConfig(_Frozen):
+    """HTTPS for the web service and the embedded registry (mirror.tls).
+
+    generate: a private CA and a server certificate made and renewed here (data_dir/tls/);
+    files: the site's own certificate, key and CA; off: plain HTTP (or TLS terminated by a
+    proxy in front, with base_url https://).
+    """
+
+    mode: Literal["generate", "files", "off"] = "off"
+    hosts: tuple[str, ...] = ()  # names and IPs in the certificate; () = base_url's and registry's
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not _TLS_HOST_RE.match(host):
+                raise ValueError(f"bad host {host!r} (a DNS name or an IP address, no port)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_files(self) -> TlsConfig:
+        named = [k for k in ("cert_file", "key_file", "ca_file") if getattr(self, k) is not None]
+        if self.mode == "files" and len(named) != 3:
+            raise ValueError("mode files needs cert_file, key_file and ca_file")
+        if self.mode != "files" and named:
+            raise ValueError(f"{named[0]} is only read with mode files")
+        return self
+
+
 class UpstreamConfig(_Frozen):
     registries_conf: Path | None = None
     authfile: Path | None = None
@@ -85,6 +125,7 @@ class Config(_Frozen):
     kubeadm_images: Literal["auto", "binary"] = "auto"
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
     platforms: tuple[str, ...] | Literal["all"] = ("linux/amd64",)
     image_workers: int = Field(default=4, ge=1, le=32)
     # Web service.
@@ -105,6 +146,14 @@ class Config(_Frozen):
         if not _URL_PATH_RE.match(parts.path):
             raise ValueError("path may only contain letters, digits and ._~/-")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_tls_scheme(self) -> Config:
+        # With tls on, `mirror serve` speaks only HTTPS: an http:// base_url would hand nodes
+        # URLs nothing answers. https:// with tls off is fine (TLS ended by a proxy in front).
+        if self.tls.mode != "off" and not self.base_url.startswith("https://"):
+            raise ValueError(f"tls.mode {self.tls.mode} serves HTTPS: base_url must be https://")
+        return self
 
     @field_validator("kubernetes_versions")
     @classmethod
@@ -208,7 +257,14 @@ def load_config(path: Path) -> Config:
     named = raw.get("images_file") is not None and resolved.images_file is not None
     if named and resolved.images_file is not None and not resolved.images_file.is_file():
         raise ConfigError(str(path), f"key 'images_file': no such file {resolved.images_file}")
+    for key in _TLS_FILES:
+        tls_file: Path | None = getattr(resolved.tls, key)
+        if tls_file is not None and not tls_file.is_file():
+            raise ConfigError(str(path), f"key 'tls.{key}': no such file {tls_file}")
     return resolved
+
+
+_TLS_FILES = ("cert_file", "key_file", "ca_file")
 
 
 def resolve_paths(cfg: Config, path: Path) -> Config:
@@ -221,6 +277,9 @@ def resolve_paths(cfg: Config, path: Path) -> Config:
             "images_file": _resolve(base, cfg.images_file),
             "registry": cfg.registry.model_copy(
                 update={"authfile": _resolve(base, cfg.registry.authfile)}
+            ),
+            "tls": cfg.tls.model_copy(
+                update={k: _resolve(base, getattr(cfg.tls, k)) for k in _TLS_FILES}
             ),
             "upstream": cfg.upstream.model_copy(
                 update={
