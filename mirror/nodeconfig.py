@@ -14,20 +14,37 @@ from dataclasses import dataclass
 
 import yaml
 
-from mirror import kubeadm_images
+from mirror import kubeadm_images, tls
 from mirror.config import Config
 from mirror.errors import ConfigError
 from mirror.images.refs import DOCKER_HUB, ImageJob, parse_images_file, plan_jobs, upstream_hosts
 
 log = logging.getLogger("mirror.images")
 CERTS_DIR = "/etc/containerd/certs.d"
+CONTAINERS_CERTS_DIR = "/etc/containers/certs.d"  # CRI-O, podman, skopeo on the node
+# Where bootstrap.sh --ca-file installs the mirror's CA on a node (mirror.tls): the system
+# trust (update-ca-trust), which mirror.repo's sslcacert names too.
+CA_ANCHOR = "/etc/pki/ca-trust/source/anchors/airgap-mirror-ca.crt"
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
 
 
 def registry_scheme(cfg: Config) -> str:
-    """The embedded registry speaks plain HTTP; an external one (Harbor, Quay) HTTPS."""
-    return "http" if cfg.registry.embedded else "https"
+    """The embedded registry speaks plain HTTP unless tls is on; an external one HTTPS."""
+    return "http" if cfg.registry.embedded and not tls.enabled(cfg) else "https"
+
+
+def registry_ca_path(cfg: Config) -> str | None:
+    """Where a node holds the CA that registry.url's certificate is verified with (bootstrap.sh
+    puts it there); None when the node's system trust is used, or nothing is verified."""
+    if tls.local_registry_ca(cfg) is None:
+        return None
+    return f"{CERTS_DIR}/{registry_host(cfg)}/ca.crt"
+
+
+def registry_host(cfg: Config) -> str:
+    """HOST[:PORT] of registry.url: the certs.d directory name containerd and CRI-O use."""
+    return cfg.registry.url.split("/", 1)[0]
 
 
 def default_version(cfg: Config) -> str:
@@ -173,6 +190,10 @@ def kubeadm_config(cfg: Config, version: str, settings: InitSettings) -> str:
         f"# kubeadm {api.split('/')[1]} config for Kubernetes {images.version}, images from "
         f"the mirror.\n# Use: kubeadm init --config config.yaml\n"
     )
+    ca = registry_ca_path(cfg)
+    if ca is not None:
+        # kubeadm has no registry CA setting: the runtime verifies the pulls.
+        header += f"# The runtime verifies {cfg.registry.url} with the mirror's CA ({ca}).\n"
     return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
 
 
@@ -197,7 +218,10 @@ def hosts_toml(cfg: Config, host: str) -> str:
         '  capabilities = ["pull", "resolve"]',
         "  override_path = true",
     ]
-    if scheme == "https" and not cfg.registry.tls_verify:
+    ca = registry_ca_path(cfg)
+    if ca is not None:
+        lines.append(f'  ca = "{ca}"')
+    elif scheme == "https" and not tls.local_registry_verify(cfg):
         lines.append("  skip_verify = true")
     return "\n".join(lines) + "\n"
 
@@ -207,7 +231,10 @@ def hosts_toml(cfg: Config, host: str) -> str:
 
 def crio_registries_conf(cfg: Config, hosts: Sequence[str]) -> str:
     """containers-registries.conf(5) drop-in: each upstream host with the mirror in front."""
-    insecure = "true" if registry_scheme(cfg) == "http" or not cfg.registry.tls_verify else "false"
+    # With the mirror's CA, verification stays on: bootstrap.sh puts the CA in
+    # /etc/containers/certs.d/<registry>/ca.crt, where containers/image looks for it.
+    verified = tls.local_registry_verify(cfg)
+    insecure = "true" if registry_scheme(cfg) == "http" or not verified else "false"
     out = [
         "# Air-gap mirror: install as /etc/containers/registries.conf.d/50-airgap-mirror.conf",
         "# The pause image setting for CRI-O is served at /crio/crio.conf",

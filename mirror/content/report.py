@@ -20,10 +20,11 @@ SCHEMA_VERSION = 1
 
 
 def registry_health(cfg: Config) -> dict[str, Any]:
+    from mirror import tls
     from mirror.images.registry import registry_answers
 
     started = time.monotonic()
-    up = registry_answers(cfg.registry.url, cfg.registry.tls_verify)
+    up = registry_answers(cfg.registry.url, tls.local_registry_verify(cfg))
     return {
         "url": cfg.registry.url,
         "embedded": cfg.registry.embedded,

@@ -20,6 +20,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from mirror.errors import ImageSyncError
@@ -117,6 +118,7 @@ class RegistryAPI:
         local_url: str,
         local_tls_verify: bool,
         local_auth: AuthFile,
+        local_ca_file: Path | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._probe = probe
@@ -125,6 +127,7 @@ class RegistryAPI:
         self._local_url = local_url
         self._local_tls = local_tls_verify
         self._local_auth = local_auth
+        self._local_ca = local_ca_file  # our registry's CA (mirror.tls), None: system trust
         self._auth = Authenticator(fetcher)
         self._bases: dict[tuple[str, bool, bool], _Base] = {}
         self._locks: dict[tuple[str, bool, bool], threading.Lock] = {}
@@ -254,7 +257,8 @@ class RegistryAPI:
         """`GET /v2/`: https only for a secure location; for an insecure one https without
         verification, then http, like skopeo (our own registry: http first, like its probe
         in mirror.images.registry)."""
-        secure = _Base(f"https://{loc.endpoint}", RequestOptions())
+        ca = self._local_ca if loc.endpoint == self._local_url else None
+        secure = _Base(f"https://{loc.endpoint}", RequestOptions(ca_file=ca))
         if not loc.insecure:
             candidates = [secure]
         else:

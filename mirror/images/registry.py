@@ -3,7 +3,9 @@
 The embedded registry is the distro's own binary: `docker-registry` (Debian/Ubuntu package
 docker-registry) or `registry` (EL package docker-distribution, EPEL), with a config we write
 to data_dir/registry/config.yml: filesystem storage under data_dir/registry/storage, deletes
-enabled, plain HTTP on every interface at the port of registry.url, no auth.
+enabled, on every interface at the port of registry.url, no auth; plain HTTP, or HTTPS with
+the mirror's certificate when `tls.mode` is not off (mirror.tls; probes and pushes then
+verify it with the mirror's CA).
 
 Never two on one address: whatever answers on registry.url (ours from `mirror serve` or
 `mirror registry`, or a site registry) is used as is.
@@ -25,7 +27,7 @@ from types import FrameType
 
 import yaml
 
-from mirror import fsutil
+from mirror import fsutil, tls
 from mirror.config import Config
 from mirror.errors import EnvironmentProblem
 
@@ -93,6 +95,13 @@ def write_config(cfg: Config) -> Path:
     root = registry_dir(cfg)
     storage = root / "storage"
     storage.mkdir(parents=True, exist_ok=True)
+    http: dict[str, object] = {
+        "addr": f":{port_of(cfg.registry.url, tls.local_registry_verify(cfg))}",
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    files = tls.ensure(cfg) if tls.local_registry_ca(cfg) is not None else None
+    if files is not None:
+        http["tls"] = {"certificate": str(files.cert), "key": str(files.key)}
     config = {
         "version": 0.1,
         "log": {"level": "info", "fields": {"service": "registry"}},
@@ -100,10 +109,7 @@ def write_config(cfg: Config) -> Path:
             "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},
         },
-        "http": {
-            "addr": f":{port_of(cfg.registry.url, cfg.registry.tls_verify)}",
-            "headers": {"X-Content-Type-Options": ["nosniff"]},
-        },
+        "http": http,
     }
     path = root / "config.yml"
     fsutil.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
@@ -111,11 +117,11 @@ def write_config(cfg: Config) -> Path:
 
 
 def _check_embeddable(cfg: Config) -> None:
-    if cfg.registry.tls_verify:
+    if cfg.registry.tls_verify and not tls.enabled(cfg):
         raise EnvironmentProblem(
-            f"registry {cfg.registry.url}: the embedded registry serves plain HTTP, but "
-            "registry.tls_verify is true; set registry.tls_verify: false, or run a TLS "
-            "registry yourself and set registry.embedded: false"
+            f"registry {cfg.registry.url}: the embedded registry serves plain HTTP with "
+            "tls.mode off, but registry.tls_verify is true; set tls.mode (generate or files), "
+            "or registry.tls_verify: false"
         )
 
 
@@ -154,7 +160,7 @@ def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], logfile: Path) -> No
                 f"embedded registry for {url} exited with code {proc.returncode}; "
                 f"last lines of {logfile}:\n{_tail(logfile)}"
             )
-        if registry_answers(url, cfg.registry.tls_verify, timeout=1.0):
+        if registry_answers(url, tls.local_registry_verify(cfg), timeout=1.0):
             return
         time.sleep(0.05)
     _stop(proc)
@@ -172,13 +178,13 @@ def ensure_registry(cfg: Config) -> Iterator[None]:
     the embedded registry is started (own session, log in data_dir/registry/registry.log) and
     stopped again on exit. embedded: false and nothing answers: EnvironmentProblem.
     """
-    url, tls = cfg.registry.url, cfg.registry.tls_verify
-    if registry_answers(url, tls):
+    url, verify = cfg.registry.url, tls.local_registry_verify(cfg)
+    if registry_answers(url, verify):
         log.debug("registry answers on %s; using it", url)
         yield
         return
     if not cfg.registry.embedded:
-        scheme = "https" if tls else "http"
+        scheme = "https" if verify else "http"
         raise EnvironmentProblem(
             f"registry {url} does not answer (GET {scheme}://{url}/v2/) and "
             "registry.embedded is false: start it, or fix registry.url"
@@ -210,7 +216,7 @@ def run_foreground(cfg: Config) -> int:
     Returns its exit code (0 after a stop we passed on). Refuses when something already
     answers on registry.url."""
     url = cfg.registry.url
-    if registry_answers(url, cfg.registry.tls_verify):
+    if registry_answers(url, tls.local_registry_verify(cfg)):
         raise EnvironmentProblem(
             f"a registry already answers on {url}; not starting a second one "
             "(is mirror-registry.service or `mirror serve` already running?)"

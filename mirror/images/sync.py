@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from mirror import state
+from mirror import state, tls
 from mirror.config import Config
 from mirror.errors import ConfigError, ImageSyncError
 from mirror.http import Fetcher
@@ -81,7 +81,12 @@ def upstream_endpoint(cfg: Config) -> Endpoint:
 
 
 def local_endpoint(cfg: Config) -> Endpoint:
-    return Endpoint(tls_verify=cfg.registry.tls_verify, authfile=cfg.registry.authfile)
+    ca = tls.local_registry_ca(cfg)
+    return Endpoint(
+        tls_verify=tls.local_registry_verify(cfg),
+        authfile=cfg.registry.authfile,
+        cert_dir=None if ca is None else ca.parent,
+    )
 
 
 def wanted_platforms(cfg: Config) -> list[Platform] | None:
@@ -102,7 +107,8 @@ def open_api(cfg: Config, fetcher: Fetcher, probe: Fetcher) -> RegistryAPI:
         registries_conf=registries_conf.load(cfg.upstream.registries_conf),
         upstream_auth=AuthFile(cfg.upstream.authfile),
         local_url=cfg.registry.url,
-        local_tls_verify=cfg.registry.tls_verify,
+        local_tls_verify=tls.local_registry_verify(cfg),
+        local_ca_file=tls.local_registry_ca(cfg),
         local_auth=AuthFile(cfg.registry.authfile),
     )
 
