@@ -197,10 +197,12 @@ def serve(obj: _Ctx, bind: str, workers: int, frontend: str) -> None:
     """
     cfg = obj.cfg
     definitions = load_definitions(cfg)  # fail here, with the config error, not in a worker
+    from mirror import tls
     from mirror.images.registry import ensure_registry
     from mirror.web import frontend as web_frontend
     from mirror.web.static import render_static
 
+    tls.ensure(cfg)  # the CA and a current server certificate, before /ca.crt is rendered
     try:
         render_static(cfg, definitions)
     except OSError as exc:  # e.g. a full disk: the app renders those files itself

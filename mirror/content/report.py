@@ -13,14 +13,13 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from mirror import __version__, content, state
+from mirror import __version__, content, state, tls
 from mirror.config import Config
 
 SCHEMA_VERSION = 1
 
 
 def registry_health(cfg: Config) -> dict[str, Any]:
-    from mirror import tls
     from mirror.images.registry import registry_answers
 
     started = time.monotonic()
@@ -53,6 +52,11 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
         "repo_file": f"curl -o /etc/yum.repos.d/mirror.repo {base}/repofiles/mirror.repo",
         "bootstrap": f"curl -fsS {base}/bootstrap.sh | sudo bash -s -- --runtime containerd",
     }
+    tls_doc = tls.status(cfg)
+    if tls_doc is not None and tls_doc["ok"]:
+        # Trust first: fetch the CA unverified, check the hash printed here, then bootstrap
+        # with it (every later step verifies TLS).
+        commands["bootstrap"] = f"{tls_doc['pin_command']} --runtime containerd"
     if version:
         commands["kubeadm_init"] = f"kubeadm init --config <(curl -fsS {base}/kubeadm/config.yaml)"
     return {
@@ -63,6 +67,7 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
         "base_url": base,
         "kubernetes_version": version,
         "registry": registry_health(cfg) if check_registry else None,
+        "tls": tls_doc,
         **rows,
         "commands": commands,
         "ok": all(row["ok"] for kind_rows in rows.values() for row in kind_rows),
@@ -96,6 +101,7 @@ def status_lines(cfg: Config) -> tuple[list[str], bool]:
     from mirror.kubernetes.freshness import status_lines as freshness_lines
 
     lines += freshness_lines(cfg)
+    lines += tls.status_lines(cfg)
     return lines, all(r.ok for kind_records in found.values() for r in kind_records)
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from mirror import tls
 from mirror.config import Config
 from mirror.errors import EnvironmentProblem
 from mirror.web import nginx as nginx_conf
@@ -122,7 +123,7 @@ def _log_dir(cfg: Config, runtime: Path) -> Path:
 
 
 def _nginx_argv(nginx: str, cfg: Config, bind: str, runtime: Path, upstream: str) -> list[str]:
-    site = nginx_conf.site_config(cfg.data_dir.resolve(), [bind], upstream)
+    site = nginx_conf.site_config(cfg.data_dir.resolve(), [bind], upstream, tls.server_files(cfg))
     text = nginx_conf.main_config(
         nginx=nginx,
         site=site,
@@ -136,10 +137,14 @@ def _nginx_argv(nginx: str, cfg: Config, bind: str, runtime: Path, upstream: str
     return [nginx, "-p", str(runtime), "-c", str(conf), "-e", "stderr"]
 
 
-def _gunicorn_argv(cfg: Config, bind: str, workers: int, runtime: Path) -> list[str]:
+def _gunicorn_argv(
+    cfg: Config, bind: str, workers: int, runtime: Path, public: bool = False
+) -> list[str]:
+    """public: gunicorn listens on `bind` itself (no nginx), so it serves HTTPS when tls is on."""
     assert cfg.config_path is not None, "serve needs a config loaded from a file"
     config = str(cfg.config_path)
-    return [sys.executable, "-m", "mirror.web.server", config, bind, str(workers), str(runtime)]
+    argv = [sys.executable, "-m", "mirror.web.server", config, bind, str(workers), str(runtime)]
+    return argv + (["tls"] if public and tls.enabled(cfg) else [])
 
 
 def _wait_for_socket(sock: Path, child: _Child, stopping: threading.Event) -> None:
@@ -220,7 +225,7 @@ def _start(
     Each child is appended as soon as it runs, so the caller stops whatever did start."""
     if nginx is None:
         log.info("nginx not used: gunicorn alone on %s", bind)
-        argv = _gunicorn_argv(cfg, bind, workers, runtime)
+        argv = _gunicorn_argv(cfg, bind, workers, runtime, public=True)
         children.append(_spawn("gunicorn", argv, env, signal.SIGTERM))
         return
     sock = runtime / "gunicorn.sock"
