@@ -238,3 +238,24 @@ def test_off_and_https_base_url_is_allowed(tmp_path: Path) -> None:
     path.write_text("base_url: https://mirror.example.com\n")
     cfg = load_config(path)
     assert tls.ensure(cfg) is None and tls.status(cfg) is None
+
+
+def test_embedded_registry_config_and_push_endpoint_use_the_ca(tmp_path: Path) -> None:
+    import yaml
+
+    from mirror.images import registry
+    from mirror.images.sync import local_endpoint
+
+    cfg = config(tmp_path)
+    written = yaml.safe_load(registry.write_config(cfg).read_text())
+    files = tls.server_files(cfg)
+    assert files is not None and files.cert.is_file()
+    assert written["http"]["tls"] == {"certificate": str(files.cert), "key": str(files.key)}
+    assert written["http"]["addr"] == ":5000"
+    endpoint = local_endpoint(cfg)
+    assert endpoint.tls_verify is True and endpoint.cert_dir == files.ca.parent
+    # tls off: plain HTTP as before, and a tls_verify the embedded registry cannot honour
+    # is still refused with the way out named.
+    plain = cfg.model_copy(update={"tls": TlsConfig(), "base_url": "http://u"})
+    assert "tls" not in yaml.safe_load(registry.write_config(plain).read_text())["http"]
+    assert local_endpoint(plain).cert_dir is None
