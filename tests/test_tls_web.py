@@ -239,3 +239,43 @@ def test_gunicorn_alone_serves_https(tls_mirror: TlsMirror) -> None:
     assert ok.returncode == 0 and ok.stdout == tls_mirror.ca.read_text()
     refused = curl("-f", f"{url}/healthz")
     assert refused.returncode == 60, refused.stderr
+
+
+def presented(port: int) -> str:
+    import ssl
+
+    return ssl.get_server_certificate(("127.0.0.1", port))
+
+
+def test_running_serve_renews_a_certificate_due_and_keeps_the_ca(tls_mirror: TlsMirror) -> None:
+    """Time passing is simulated by putting a certificate with 17 days left on disk (as
+    mirror.tls would have made 380 days ago); SIGHUP asks serve to check at once, as the
+    hourly check would."""
+    import datetime as dt
+    import signal
+
+    from cryptography import x509
+
+    url = tls_mirror.serve_tls(frontend="nginx")
+    cfg = load_config(tls_mirror.config)
+    files = tls.server_files(cfg)
+    assert files is not None
+    ca_pem = tls_mirror.ca.read_bytes()
+    first = files.cert.read_text()
+    assert x509.load_pem_x509_certificate(presented(tls_mirror.port).encode()) == (
+        x509.load_pem_x509_certificate(first.encode())
+    )
+    files.cert.unlink()
+    tls.ensure(cfg, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=380))
+    due = files.cert.read_text()
+    assert due != first
+    tls_mirror.procs[-1].send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while files.cert.read_text() == due or presented(tls_mirror.port) != files.cert.read_text():
+        assert time.monotonic() < deadline, tls_mirror.logs[tls_mirror.procs[-1].pid].read_text()
+        time.sleep(0.2)
+    renewed = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert renewed.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=390)
+    assert tls_mirror.ca.read_bytes() == ca_pem
+    assert requests.get(f"{url}/healthz", verify=tls_mirror.ca, timeout=5).status_code == 200
+    assert tls_mirror.procs[-1].poll() is None  # SIGHUP did not stop it

@@ -12,6 +12,9 @@ exit) holds nginx.conf, nginx.pid, nginx's temp dirs, the gunicorn socket and th
 multiprocess files. nginx logs go to `<data_dir>/log/nginx-{access,error}.log` (errors also
 to stderr, next to gunicorn's log lines).
 
+With tls on, the server certificate is checked hourly and on SIGHUP, renewed when due
+(mirror.tls) and nginx reloaded with it.
+
 SIGTERM or SIGINT stops both children (gracefully, bounded) and returns; the caller then
 stops the embedded registry. Children get SIGTERM from the kernel if `mirror serve` itself
 dies (PR_SET_PDEATHSIG), so no server outlives it. If a child exits on its own, the other is
@@ -39,13 +42,14 @@ from types import FrameType
 
 from mirror import tls
 from mirror.config import Config
-from mirror.errors import EnvironmentProblem
+from mirror.errors import EnvironmentProblem, MirrorError
 from mirror.web import nginx as nginx_conf
 
 log = logging.getLogger(__name__)
 FRONTENDS = ("auto", "nginx", "gunicorn")
 STOP_TIMEOUT = 15.0  # gunicorn's graceful_timeout is 10 s, nginx's worker_shutdown_timeout 5 s
 START_TIMEOUT = 30.0
+TLS_CHECK_SECONDS = 3600.0  # how often a running serve checks its certificate's expiry
 _BIND_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$|^unix:/[^\s;{}'\"]+$")
 PR_SET_PDEATHSIG = 1
 
@@ -206,7 +210,7 @@ def run(cfg: Config, bind: str, workers: int, frontend: str = "auto") -> None:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         try:
             _start(children, cfg, bind, workers, nginx, runtime, env, stopping)
-            _supervise(children, stopping)
+            _supervise(children, stopping, _TlsRenewal(cfg))
         finally:
             _stop(children)
 
@@ -239,8 +243,49 @@ def _start(
     children.append(_spawn("nginx", argv, env, signal.SIGQUIT))
 
 
-def _supervise(children: list[_Child], stopping: threading.Event) -> None:
+class _TlsRenewal:
+    """Renews the server certificate while serving: every TLS_CHECK_SECONDS, and at once on
+    SIGHUP. nginx is told to reload (SIGHUP) when the certificate changed; gunicorn reads
+    it for every new connection. The embedded registry keeps the old one until restarted."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.due = time.monotonic() + TLS_CHECK_SECONDS
+        self.now = threading.Event()
+        if tls.enabled(cfg) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda signum, frame: self.now.set())
+
+    def __call__(self, children: list[_Child]) -> None:
+        if not tls.enabled(self.cfg) or not (self.now.is_set() or time.monotonic() > self.due):
+            return
+        self.now.clear()
+        self.due = time.monotonic() + TLS_CHECK_SECONDS
+        files = tls.server_files(self.cfg)
+        assert files is not None
+        before = files.cert.read_bytes() if files.cert.exists() else b""
+        try:
+            tls.ensure(self.cfg)
+        except MirrorError as exc:  # e.g. the CA key went missing: keep serving what we have
+            log.error("TLS certificate not renewed: %s", exc)
+            return
+        if files.cert.read_bytes() == before:
+            return
+        for child in children:
+            if child.name == "nginx" and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGHUP)
+                log.info("renewed server certificate: nginx reloaded")
+        if self.cfg.registry.embedded:
+            log.warning(
+                "renewed server certificate: restart the embedded registry "
+                "(mirror serve or mirror-registry.service) for it to present the new one"
+            )
+
+
+def _supervise(
+    children: list[_Child], stopping: threading.Event, renew: Callable[[list[_Child]], None]
+) -> None:
     while not stopping.wait(0.5):
+        renew(children)
         for child in children:
             code = child.proc.poll()
             if code is not None:
