@@ -259,3 +259,28 @@ def test_embedded_registry_config_and_push_endpoint_use_the_ca(tmp_path: Path) -
     plain = cfg.model_copy(update={"tls": TlsConfig(), "base_url": "http://u"})
     assert "tls" not in yaml.safe_load(registry.write_config(plain).read_text())["http"]
     assert local_endpoint(plain).cert_dir is None
+
+
+def test_deploy_gunicorn_conf_serves_https_when_public(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mirror-web.service's gunicorn: HTTPS with the mirror's certificate when nodes reach it
+    directly; plain on loopback, where nginx in front does TLS."""
+    import runpy
+
+    from tests.test_deploy import DEPLOY
+
+    cfg = config(tmp_path)
+    assert cfg.config_path is not None
+    monkeypatch.setenv("MIRROR_CONFIG", str(cfg.config_path))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))
+    monkeypatch.setenv("MIRROR_BIND", "0.0.0.0:8443")
+    conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    files = tls.server_files(cfg)
+    assert files is not None
+    assert (conf["certfile"], conf["keyfile"]) == (str(files.cert), str(files.key))
+    assert files.cert.is_file() and files.key.is_file()
+    monkeypatch.setenv("MIRROR_BIND", "127.0.0.1:8080")
+    conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    assert conf["certfile"] is None and conf["keyfile"] is None
