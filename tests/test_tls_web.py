@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 import requests
 
@@ -26,6 +27,7 @@ from tests import test_bootstrap
 from tests.conftest import Mirror, free_port, stop_process
 from tests.fixtures.dnfclient import DnfRoot
 from tests.test_bootstrap import K8S, files_under, rpm_names
+from tests.test_status import SCHEMA
 
 pytestmark = [
     pytest.mark.slow,
@@ -82,6 +84,8 @@ def pinned_command(mirror: TlsMirror, pin: Path, root: Path, cache: Path) -> str
     only the CA's place and `sudo bash -s --` are replaced (no root, no sudo here)."""
     proc = mirror.run("status", "--json")
     doc = json.loads(proc.stdout)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["tls"]["ca_sha256"] == tls.file_sha256(mirror.ca)
     command = doc["commands"]["bootstrap"]
     assert command.startswith(f"curl -fsSk {mirror.base_url}/ca.crt -o /tmp/mirror-ca.crt && ")
     assert "sudo bash -s -- --ca-file /tmp/mirror-ca.crt --ca-sha256" in command

@@ -95,6 +95,7 @@ def containerd_setup(cfg: Config, version: str) -> str:
         certs_dir=nodeconfig.CERTS_DIR,
         sandbox_image=nodeconfig.pause_image(cfg, version),
         hosts=hosts,
+        ca_path=nodeconfig.registry_ca_path(cfg),
     )
 
 
