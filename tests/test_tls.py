@@ -284,3 +284,29 @@ def test_deploy_gunicorn_conf_serves_https_when_public(
     monkeypatch.setenv("MIRROR_BIND", "127.0.0.1:8080")
     conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert conf["certfile"] is None and conf["keyfile"] is None
+
+
+def test_serve_refuses_a_ca_without_its_key(tmp_path: Path) -> None:
+    """Through the CLI: one line naming the file, exit 2, nothing started, no new CA."""
+    import sys
+
+    from tests.conftest import free_port
+
+    (tmp_path / "repos").mkdir()
+    cfg = config(tmp_path)
+    files = tls.ensure(cfg)
+    assert files is not None and cfg.config_path is not None
+    ca_pem = files.ca.read_bytes()
+    (tmp_path / "data/tls/private/ca.key").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirror", "-c", str(cfg.config_path), "serve"]
+        + ["--bind", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "ca.key" in ln]
+    assert len(lines) == 1 and "missing, but the CA" in lines[0], proc.stderr
+    assert files.ca.read_bytes() == ca_pem
+    assert not (tmp_path / "data/tls/private/ca.key").exists()
