@@ -204,11 +204,42 @@ def _upstream_server(host: str) -> str:
     return "https://registry-1.docker.io" if host == DOCKER_HUB else f"https://{host}"
 
 
+def containerd_hosts(cfg: Config) -> list[str]:
+    """Hosts that get a hosts.toml: every mirrored upstream and, when the registry is verified
+    with the mirror's CA, the registry itself, so pulls by mirrored name (kubeadm's images,
+    the pause image) use https with that CA: containerd would try plain http for a registry
+    on localhost/127.0.0.1 without one."""
+    hosts = mirrored_hosts(cfg)
+    if registry_ca_path(cfg) is not None and registry_host(cfg) not in hosts:
+        hosts.append(registry_host(cfg))
+    return hosts
+
+
+def _self_hosts_toml(cfg: Config, ca: str) -> str:
+    host = registry_host(cfg)
+    return (
+        "\n".join(
+            [
+                f"# {host}: the air-gap mirror's registry itself (pulls by mirrored name)",
+                f'server = "https://{host}"',
+                "",
+                f'[host."https://{host}"]',
+                '  capabilities = ["pull", "resolve"]',
+                f'  ca = "{ca}"',
+            ]
+        )
+        + "\n"
+    )
+
+
 def hosts_toml(cfg: Config, host: str) -> str:
     """containerd's /etc/containerd/certs.d/<host>/hosts.toml: pull `host/x` from the mirror's
     `<registry>/<host>/x` (override_path, because the path already includes /v2/<host>)."""
     if not _HOST_RE.match(host):
         raise ValueError(f"bad registry host {host!r}")
+    ca = registry_ca_path(cfg)
+    if ca is not None and host == registry_host(cfg):
+        return _self_hosts_toml(cfg, ca)
     scheme = registry_scheme(cfg)
     lines = [
         f"# {host}: pulls go to the air-gap mirror at {cfg.registry.url}",
@@ -218,7 +249,6 @@ def hosts_toml(cfg: Config, host: str) -> str:
         '  capabilities = ["pull", "resolve"]',
         "  override_path = true",
     ]
-    ca = registry_ca_path(cfg)
     if ca is not None:
         lines.append(f'  ca = "{ca}"')
     elif scheme == "https" and not tls.local_registry_verify(cfg):

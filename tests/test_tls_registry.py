@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,6 +160,23 @@ def test_tls_registry_pulls_need_the_ca(
             ["ctr", "--address", sock, "images", "ls", "-q"], capture_output=True, text=True
         ).stdout.split()
         assert "docker.io/calico/node:v3.26.1" in images
+
+        # By its mirrored name (how kubeadm's images and the pause image are pulled): the
+        # registry's own hosts.toml says https with the CA (containerd would try plain http
+        # for 127.0.0.1 without one).
+        own = requests.get(f"{web}/containerd/certs.d/{local}/hosts.toml", verify=ca, timeout=5)
+        assert own.status_code == 200
+        assert tomllib.loads(own.text)["host"] == {
+            f"https://{local}": {
+                "capabilities": ["pull", "resolve"],
+                "ca": f"/etc/containerd/certs.d/{local}/ca.crt",
+            }
+        }
+        (hosts_dir / local / "hosts.toml").write_text(
+            own.text.replace("/etc/containerd/certs.d", str(hosts_dir))
+        )
+        pull = ctr_pull(sock, hosts_dir, f"{local}/quay.io/cilium/operator:v1.14.0")
+        assert pull.returncode == 0, pull.stdout[-1500:] + pull.stderr[-1500:]
 
         # Without the CA line containerd is refused by the same registry.
         bare = "\n".join(

@@ -88,7 +88,7 @@ def hosts_toml(cfg: Config, host: str) -> str:
 
 
 def containerd_setup(cfg: Config, version: str) -> str:
-    hosts = [(h, nodeconfig.hosts_toml(cfg, h)) for h in nodeconfig.mirrored_hosts(cfg)]
+    hosts = [(h, nodeconfig.hosts_toml(cfg, h)) for h in nodeconfig.containerd_hosts(cfg)]
     return _template(
         "containerd-setup.sh",
         base_url=cfg.base_url,
@@ -164,7 +164,7 @@ def static_documents(
         docs["/ca.crt"] = lambda: pem
     for d in definitions:
         docs[f"/repofiles/{d.id}.repo"] = functools.partial(one_repo, cfg, d)
-    for host in nodeconfig.mirrored_hosts(cfg):
+    for host in nodeconfig.containerd_hosts(cfg):
         docs[f"/containerd/certs.d/{host}/hosts.toml"] = functools.partial(hosts_toml, cfg, host)
     if cfg.kubernetes_versions:
         version = nodeconfig.default_version(cfg)

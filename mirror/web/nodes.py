@@ -72,7 +72,7 @@ def ca_crt() -> Response:
 @bp.get("/containerd/certs.d/<host>/hosts.toml")
 def containerd_hosts(host: str) -> Response:
     cfg = _cfg()
-    if host not in nodeconfig.mirrored_hosts(cfg):
+    if host not in nodeconfig.containerd_hosts(cfg):
         abort(404)
     return _text(documents.hosts_toml(cfg, host))
 
