@@ -44,6 +44,13 @@ class TlsMirror(Mirror):
     def base_url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    def write(self) -> None:
+        # The embedded registry too (serve starts it, with TLS): the node files then name
+        # the registry's CA, and bootstrap's containerd step needs it installed.
+        super().write()
+        text = self.config.read_text()
+        self.config.write_text(text.replace("embedded: false", "embedded: true"))
+
     @property
     def ca(self) -> Path:
         return self.data / "tls" / "ca" / "ca.crt"
@@ -205,6 +212,14 @@ def test_pinned_bootstrap_over_https(
     ):
         assert (root / path).read_bytes() == ca_pem, path
     assert (root / "etc/yum.repos.d/mirror.repo").read_text() == repo
+    certs = root / "etc/containerd/certs.d"
+    own = (certs / registry / "hosts.toml").read_text()
+    assert f'[host."https://{registry}"]' in own
+    for host in ("docker.io", registry):
+        assert (
+            f'ca = "/etc/containerd/certs.d/{registry}/ca.crt"'
+            in (certs / host / "hosts.toml").read_text()
+        )
 
     # dnf itself: the same served .repo with sslcacert at the node's copy installs; without
     # the CA dnf is refused (the mirror's certificate is not in this machine's trust).
