@@ -209,13 +209,16 @@ def serve(obj: _Ctx, bind: str, workers: int, frontend: str) -> None:
     except OSError as exc:  # e.g. a full disk: the app renders those files itself
         log.error("node files not rendered into %s: %s", cfg.data_dir, exc.strerror or exc)
     with ExitStack() as stack:
+        embedded = None
         if cfg.registry.embedded:
             try:
-                stack.enter_context(ensure_registry(cfg))
+                embedded = stack.enter_context(ensure_registry(cfg))
             except MirrorError as exc:
                 # Repos are still worth serving; the status page shows the registry down.
                 log.error("embedded registry not started: %s", exc)
-        web_frontend.run(cfg, bind, workers, frontend)
+        # A renewed certificate (mirror.tls) reaches the registry only through a restart.
+        restart = embedded.restart if embedded is not None else None
+        web_frontend.run(cfg, bind, workers, frontend, on_renewed=restart)
 
 
 @main.command()

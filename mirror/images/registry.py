@@ -170,18 +170,58 @@ def _wait_ready(cfg: Config, proc: subprocess.Popen[bytes], logfile: Path) -> No
     )
 
 
+class EmbeddedRegistry:
+    """The embedded registry ensure_registry started (own session, log in
+    data_dir/registry/registry.log)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.logfile = registry_dir(cfg) / "registry.log"
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        binary = registry_binary()
+        config = write_config(self.cfg)  # also makes or renews its certificate (mirror.tls)
+        with self.logfile.open("ab") as out:
+            proc = subprocess.Popen(
+                [binary, "serve", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            _wait_ready(self.cfg, proc, self.logfile)
+        except BaseException:
+            _stop(proc)
+            raise
+        url = self.cfg.registry.url
+        log.info("started embedded registry on %s (pid %d, log %s)", url, proc.pid, self.logfile)
+        return proc
+
+    def restart(self) -> None:
+        """Stop and start again: distribution reads its certificate only at start, so a
+        renewed one (mirror.tls) is presented after this."""
+        _stop(self.proc)
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        log.debug("stopped embedded registry (pid %d)", self.proc.pid)
+
+
 @contextmanager
-def ensure_registry(cfg: Config) -> Iterator[None]:
+def ensure_registry(cfg: Config) -> Iterator[EmbeddedRegistry | None]:
     """A registry answering on registry.url for the duration of the block.
 
-    Something already answers: used as is, nothing started. Otherwise, with registry.embedded,
-    the embedded registry is started (own session, log in data_dir/registry/registry.log) and
-    stopped again on exit. embedded: false and nothing answers: EnvironmentProblem.
+    Something already answers: used as is, nothing started (None). Otherwise, with
+    registry.embedded, the embedded registry is started and stopped again on exit.
+    embedded: false and nothing answers: EnvironmentProblem.
     """
     url, verify = cfg.registry.url, tls.local_registry_verify(cfg)
     if registry_answers(url, verify):
         log.debug("registry answers on %s; using it", url)
-        yield
+        yield None
         return
     if not cfg.registry.embedded:
         scheme = "https" if verify else "http"
@@ -190,24 +230,11 @@ def ensure_registry(cfg: Config) -> Iterator[None]:
             "registry.embedded is false: start it, or fix registry.url"
         )
     _check_embeddable(cfg)
-    binary = registry_binary()
-    config = write_config(cfg)
-    logfile = registry_dir(cfg) / "registry.log"
-    with logfile.open("ab") as out:
-        proc = subprocess.Popen(
-            [binary, "serve", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    registry = EmbeddedRegistry(cfg)
     try:
-        _wait_ready(cfg, proc, logfile)
-        log.info("started embedded registry on %s (pid %d, log %s)", url, proc.pid, logfile)
-        yield
+        yield registry
     finally:
-        _stop(proc)
-        log.debug("stopped embedded registry (pid %d)", proc.pid)
+        registry.stop()
 
 
 def run_foreground(cfg: Config) -> int:

@@ -13,7 +13,7 @@ multiprocess files. nginx logs go to `<data_dir>/log/nginx-{access,error}.log` (
 to stderr, next to gunicorn's log lines).
 
 With tls on, the server certificate is checked hourly and on SIGHUP, renewed when due
-(mirror.tls) and nginx reloaded with it.
+(mirror.tls), nginx reloaded with it and the embedded registry restarted (`on_renewed`).
 
 SIGTERM or SIGINT stops both children (gracefully, bounded) and returns; the caller then
 stops the embedded registry. Children get SIGTERM from the kernel if `mirror serve` itself
@@ -196,8 +196,15 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, old)
 
 
-def run(cfg: Config, bind: str, workers: int, frontend: str = "auto") -> None:
-    """Serve until SIGTERM/SIGINT; raises EnvironmentProblem when a server fails."""
+def run(
+    cfg: Config,
+    bind: str,
+    workers: int,
+    frontend: str = "auto",
+    on_renewed: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; raises EnvironmentProblem when a server fails.
+    `on_renewed` runs after the server certificate was renewed (restarts the registry)."""
     check_bind(bind)
     nginx = choose_nginx(frontend)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +217,7 @@ def run(cfg: Config, bind: str, workers: int, frontend: str = "auto") -> None:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         try:
             _start(children, cfg, bind, workers, nginx, runtime, env, stopping)
-            _supervise(children, stopping, _TlsRenewal(cfg))
+            _supervise(children, stopping, _TlsRenewal(cfg, on_renewed))
         finally:
             _stop(children)
 
@@ -246,10 +253,11 @@ def _start(
 class _TlsRenewal:
     """Renews the server certificate while serving: every TLS_CHECK_SECONDS, and at once on
     SIGHUP. nginx is told to reload (SIGHUP) when the certificate changed; gunicorn reads
-    it for every new connection. The embedded registry keeps the old one until restarted."""
+    it for every new connection; `on_renewed` restarts the embedded registry we started."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, on_renewed: Callable[[], None] | None) -> None:
         self.cfg = cfg
+        self.on_renewed = on_renewed
         self.due = time.monotonic() + TLS_CHECK_SECONDS
         self.now = threading.Event()
         if tls.enabled(cfg) and threading.current_thread() is threading.main_thread():
@@ -274,10 +282,16 @@ class _TlsRenewal:
             if child.name == "nginx" and child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGHUP)
                 log.info("renewed server certificate: nginx reloaded")
-        if self.cfg.registry.embedded:
+        if self.on_renewed is not None:
+            try:
+                self.on_renewed()
+                log.info("renewed server certificate: embedded registry restarted")
+            except MirrorError as exc:
+                log.error("embedded registry not restarted after the renewal: %s", exc)
+        elif self.cfg.registry.embedded:
             log.warning(
-                "renewed server certificate: restart the embedded registry "
-                "(mirror serve or mirror-registry.service) for it to present the new one"
+                "renewed server certificate: restart mirror-registry.service (or whatever "
+                "runs the registry) for it to present the new one"
             )
 
 
