@@ -185,17 +185,13 @@ def test_pinned_bootstrap_over_https(
     # then every step verifies TLS with it (dnf through sslcacert, curl through --cacert).
     root = tmp_path / "node"
     root.mkdir()
-    run = subprocess.run(
-        [
-            "bash",
-            "-c",
-            pinned_command(mirror, pin, root, dnf_cache) + f" --kubernetes-version {K8S}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "LC_ALL": "C.UTF-8"},
-    )
+    command = [
+        "bash",
+        "-c",
+        pinned_command(mirror, pin, root, dnf_cache) + f" --kubernetes-version {K8S}",
+    ]
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     assert f"{pin}: OK" in run.stdout  # sha256sum -c
     assert "[step] mirror CA" in run.stdout
@@ -220,6 +216,11 @@ def test_pinned_bootstrap_over_https(
             f'ca = "/etc/containerd/certs.d/{registry}/ca.crt"'
             in (certs / host / "hosts.toml").read_text()
         )
+    # Run again: the CA step, like every other, changes nothing the second time.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-3000:]
+    assert "unchanged: " + str(root / ANCHOR) in again.stdout
+    assert "no changes" in again.stdout.splitlines()[-1], again.stdout[-3000:]
 
     # dnf itself: the same served .repo with sslcacert at the node's copy installs; without
     # the CA dnf is refused (the mirror's certificate is not in this machine's trust).
