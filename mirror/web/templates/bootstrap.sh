@@ -256,10 +256,21 @@ if [ -n "$CA_FILE" ]; then
     put_file "$CA_ANCHOR" "$CA_FILE"
     if under_root; then
         skipped "update-ca-trust extract"
-    elif [ "$CHANGES" -ne "$before" ] && ! is_dry; then
-        command -v update-ca-trust >/dev/null 2>&1 || die "'update-ca-trust' is not installed (ca-certificates)"
-        update-ca-trust extract
-        changed "update-ca-trust extract"
+    else
+        # Also when a run stopped between writing the anchor and extracting: the CA's first
+        # base64 line missing from the extracted bundle means it is not trusted yet.
+        bundle=/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem
+        if [ "$CHANGES" -ne "$before" ] || ! grep -qF -- "$(sed -n 2p "$CA_FILE")" "$bundle" 2>/dev/null; then
+            if is_dry; then
+                would "update-ca-trust extract"
+            else
+                command -v update-ca-trust >/dev/null 2>&1 || die "'update-ca-trust' is not installed (ca-certificates)"
+                update-ca-trust extract
+                changed "update-ca-trust extract"
+            fi
+        else
+            unchanged "the CA is in $bundle"
+        fi
     fi
     for path in "${CA_PATHS[@]}"; do
         put_file "$path" "$CA_FILE"
