@@ -221,22 +221,6 @@ fi
 for repo in kubernetes "$RUNTIME_REPO"; do
     repo_known "$repo" || die "the mirror serves no '$repo' repo (it has: ${MIRROR_REPO_IDS[*]})"
 done
-if [ -n "$CA_FILE" ]; then
-    # Checked before anything changes: a CA that is not the pinned one stops the run here.
-    command -v sha256sum >/dev/null 2>&1 || die "'sha256sum' is not installed"
-    if [ ! -f "$CA_FILE" ] || [ ! -r "$CA_FILE" ]; then die "--ca-file $CA_FILE: no such readable file"; fi
-    grep -q -- '-----BEGIN CERTIFICATE-----' "$CA_FILE" || die "--ca-file $CA_FILE is not a PEM certificate"
-    CA_FILE="$(realpath -- "$CA_FILE")"
-    expected="${CA_SHA256:-$MIRROR_CA_SHA256}"
-    actual="$(sha256sum < "$CA_FILE" | cut -d' ' -f1)"
-    if [ -z "$expected" ]; then
-        die "--ca-file given, but the mirror has no CA to check it against: pass --ca-sha256"
-    fi
-    if [ "$actual" != "$expected" ]; then
-        die "--ca-file $CA_FILE has sha256 $actual, not the pinned $expected; nothing was changed"
-    fi
-    CURL_CA=(--cacert "$CA_FILE")
-fi
 if under_root && [ -z "$RELEASEVER" ]; then
     osr="$ROOT/etc/os-release"
     [ -f "$osr" ] || osr=/etc/os-release
@@ -244,6 +228,24 @@ if under_root && [ -z "$RELEASEVER" ]; then
     [ -n "$RELEASEVER" ] || die "cannot tell the release version from $osr: pass --releasever"
 fi
 TMPD="$(mktemp -d)"
+if [ -n "$CA_FILE" ]; then
+    # Checked before anything changes: a CA that is not the pinned one stops the run here.
+    # Checked and used from a private copy, so the file cannot change in between.
+    command -v sha256sum >/dev/null 2>&1 || die "'sha256sum' is not installed"
+    if [ ! -f "$CA_FILE" ] || [ ! -r "$CA_FILE" ]; then die "--ca-file $CA_FILE: no such readable file"; fi
+    cp -- "$CA_FILE" "$TMPD/mirror-ca.crt"
+    grep -q -- '-----BEGIN CERTIFICATE-----' "$TMPD/mirror-ca.crt" || die "--ca-file $CA_FILE is not a PEM certificate"
+    expected="${CA_SHA256:-$MIRROR_CA_SHA256}"
+    actual="$(sha256sum < "$TMPD/mirror-ca.crt" | cut -d' ' -f1)"
+    if [ -z "$expected" ]; then
+        die "--ca-file given, but the mirror has no CA to check it against: pass --ca-sha256"
+    fi
+    if [ "$actual" != "$expected" ]; then
+        die "--ca-file $CA_FILE has sha256 $actual, not the pinned $expected; nothing was changed"
+    fi
+    CA_FILE="$TMPD/mirror-ca.crt"
+    CURL_CA=(--cacert "$CA_FILE")
+fi
 mode=""
 if is_dry; then mode=", dry run"; fi
 note "mirror $MIRROR, runtime $RUNTIME, Kubernetes $K8S_VERSION, role $ROLE${ROOT:+, root $ROOT}$mode"
