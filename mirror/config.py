@@ -67,6 +67,24 @@ class RegistryConfig(_Frozen):
         return value
 
 
+def tls_covers(names: tuple[str, ...], host: str) -> bool:
+    """Whether a certificate for `names` is valid for `host` (one-label wildcards as in TLS)."""
+    import ipaddress
+
+    def norm(name: str) -> str:
+        name = name.strip("[]").lower()
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            return name
+
+    host = norm(host)
+    for name in map(norm, names):
+        if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:]):
+            return True
+    return False
+
+
 class TlsConfig(_Frozen):
     """HTTPS for the web service and the embedded registry (mirror.tls).
 
@@ -153,6 +171,15 @@ class Config(_Frozen):
         # URLs nothing answers. https:// with tls off is fine (TLS ended by a proxy in front).
         if self.tls.mode != "off" and not self.base_url.startswith("https://"):
             raise ValueError(f"tls.mode {self.tls.mode} serves HTTPS: base_url must be https://")
+        if self.tls.mode == "generate" and self.tls.hosts:
+            # A certificate without the name clients use fails every connection later with an
+            # x509 error; say so now.
+            wanted = [urlsplit(self.base_url).hostname or ""]
+            if self.registry.embedded:
+                wanted.append(urlsplit(f"//{self.registry.url.split('/', 1)[0]}").hostname or "")
+            for host in wanted:
+                if not tls_covers(self.tls.hosts, host):
+                    raise ValueError(f"tls.hosts must include {host} (the host nodes connect to)")
         return self
 
     @field_validator("kubernetes_versions")

@@ -37,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from filelock import FileLock
 
 from mirror import fsutil
-from mirror.config import Config
+from mirror.config import Config, tls_covers
 from mirror.errors import ConfigError
 
 log = logging.getLogger("mirror.tls")
@@ -107,6 +107,14 @@ def hosts(cfg: Config) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_strip(h) for h in cfg.tls.hosts))
     found = [urlsplit(cfg.base_url).hostname or "", _host_of(cfg.registry.url.split("/", 1)[0])]
     return tuple(dict.fromkeys(h for h in found if h))
+
+
+def served_hosts(cfg: Config) -> list[str]:
+    """The hosts clients reach our TLS servers by: base_url's, and the embedded registry's."""
+    found = [urlsplit(cfg.base_url).hostname or ""]
+    if cfg.registry.embedded:
+        found.append(_host_of(cfg.registry.url.split("/", 1)[0]))
+    return [h for h in found if h]
 
 
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
@@ -378,6 +386,13 @@ def _use_files(cfg: Config, now: dt.datetime) -> None:
         raise ConfigError(str(tls.cert_file), f"expired on {cert.not_valid_after_utc.date()}")
     if cert.not_valid_after_utc - now < RENEW_BEFORE:
         log.warning("%s expires on %s: replace it", tls.cert_file, cert.not_valid_after_utc.date())
+    names = tuple(san_set(cert))
+    for host in served_hosts(cfg):
+        if not tls_covers(names, host):
+            raise ConfigError(
+                str(tls.cert_file),
+                f"tls.cert_file is not valid for {host} (it names: {', '.join(sorted(names))})",
+            )
     pem = _cert_pem(ca)
     if not ca_file(cfg).exists() or ca_file(cfg).read_bytes() != pem:
         fsutil.atomic_write(ca_file(cfg), pem, 0o644)

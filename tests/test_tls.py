@@ -194,7 +194,7 @@ def test_mode_files_copies_the_ca_and_checks_the_key(tmp_path: Path) -> None:
     other = tmp_path / "other.key"
     other.write_bytes((tmp_path / "site/data/tls/private/ca.key").read_bytes())
     text = (
-        "base_url: https://utility.example.com:8443\n"
+        "base_url: https://utility.example.com:8443\nregistry: {url: '192.168.122.200:5000'}\n"
         f"tls: {{mode: files, cert_file: {made.cert}, key_file: {made.key}, ca_file: {made.ca}}}\n"
     )
     path = tmp_path / "mirror.yaml"
@@ -207,6 +207,10 @@ def test_mode_files_copies_the_ca_and_checks_the_key(tmp_path: Path) -> None:
     path.write_text(text.replace(str(made.key), str(other)))
     with pytest.raises(ConfigError, match="tls.key_file is not the key of"):
         tls.ensure(load_config(path))
+    # A certificate without the name nodes use: refused up front, naming what it has.
+    path.write_text(text.replace("utility.example.com", "elsewhere.example.com"))
+    with pytest.raises(ConfigError, match=r"is not valid for elsewhere\.example\.com \(it names: "):
+        tls.ensure(load_config(path))
 
 
 @pytest.mark.parametrize(
@@ -218,14 +222,31 @@ def test_mode_files_copies_the_ca_and_checks_the_key(tmp_path: Path) -> None:
         ("base_url: https://u\ntls: {mode: generate, hosts: ['a b']}\n", "bad host 'a b'"),
         ("base_url: https://u\ntls: {mode: on}\n", "key 'tls.mode'"),
         (
+            "base_url: https://u.lan\ntls: {mode: generate, hosts: [v.lan, localhost]}\n",
+            "tls.hosts must include u.lan",
+        ),
+        (
+            "base_url: https://u.lan\nregistry: {url: 'r.lan:5000'}\n"
+            "tls: {mode: generate, hosts: ['*.lan', u.lan]}\n",
+            None,
+        ),
+        (
+            "base_url: https://u.lan\nregistry: {url: '[::1]:5000'}\n"
+            "tls: {mode: generate, hosts: [u.lan]}\n",
+            "tls.hosts must include ::1",
+        ),
+        (
             "base_url: https://u\ntls: {mode: files, cert_file: c, key_file: k, ca_file: a}\n",
             "key 'tls.cert_file': no such file",
         ),
     ],
 )
-def test_bad_tls_config_is_one_clear_error(tmp_path: Path, text: str, needle: str) -> None:
+def test_bad_tls_config_is_one_clear_error(tmp_path: Path, text: str, needle: str | None) -> None:
     path = tmp_path / "mirror.yaml"
     path.write_text(text)
+    if needle is None:  # a wildcard covers the registry's name
+        load_config(path)
+        return
     with pytest.raises(ConfigError, match=None) as err:
         load_config(path)
     assert needle in str(err.value)
