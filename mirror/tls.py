@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from filelock import FileLock
+from prometheus_client.core import GaugeMetricFamily
 
 from mirror import fsutil
 from mirror.config import Config, tls_covers
@@ -459,6 +461,23 @@ def status_lines(cfg: Config) -> list[str]:
     warnings = doc["warnings"]
     assert isinstance(warnings, list)
     return lines + [f"tls: warning: {w}" for w in warnings]
+
+
+def metric_families(cfg: Config) -> Iterator[GaugeMetricFamily]:
+    """/metrics: when the CA and the server certificate expire, for alerting."""
+    doc = status(cfg)
+    if doc is None or not doc["ok"]:
+        return
+    gauge = GaugeMetricFamily(
+        "mirror_tls_certificate_expiry_timestamp_seconds",
+        "When the mirror's TLS certificate expires",
+        labels=["certificate"],
+    )
+    for label, key in (("ca", "ca_not_after"), ("server", "server_not_after")):
+        value = doc.get(key)
+        if isinstance(value, str):
+            gauge.add_metric([label], dt.datetime.fromisoformat(value).timestamp())
+    yield gauge
 
 
 # --- the local registry ----------------------------------------------------------------

@@ -119,6 +119,9 @@ def test_pinned_bootstrap_over_https(
     status = mirror.run("status").stdout
     assert f"sha256 {tls.file_sha256(mirror.ca)}" in status
     assert "tls: pin it on a node: curl -fsSk" in status
+    metrics = requests.get(f"{url}/metrics", verify=mirror.ca, timeout=10).text
+    assert 'mirror_tls_certificate_expiry_timestamp_seconds{certificate="ca"}' in metrics
+    assert 'mirror_tls_certificate_expiry_timestamp_seconds{certificate="server"}' in metrics
     page = requests.get(f"{url}/", verify=mirror.ca, timeout=10).text
     assert tls.file_sha256(mirror.ca) in page and 'id="pin-command"' in page
 

@@ -151,3 +151,4 @@ def metric_families(cfg: Config) -> Iterator[GaugeMetricFamily]:
     from mirror.kubernetes.freshness import metric_families as freshness_metrics
 
     yield from freshness_metrics(cfg)  # patches behind per minor, GPG key expiry
+    yield from tls.metric_families(cfg)  # CA and server certificate expiry
