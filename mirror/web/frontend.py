@@ -215,9 +215,10 @@ def run(
         # Counters from every gunicorn worker add up only in prometheus_client's
         # multiprocess mode; the directory must be empty when the server starts.
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        renewal = _TlsRenewal(cfg, on_renewed)  # its SIGHUP handler before anything listens
         try:
             _start(children, cfg, bind, workers, nginx, runtime, env, stopping)
-            _supervise(children, stopping, _TlsRenewal(cfg, on_renewed))
+            _supervise(children, stopping, renewal)
         finally:
             _stop(children)
 
