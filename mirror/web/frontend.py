@@ -220,6 +220,7 @@ def run(
             _start(children, cfg, bind, workers, nginx, runtime, env, stopping)
             _supervise(children, stopping, renewal)
         finally:
+            renewal.close()
             _stop(children)
 
 
@@ -261,8 +262,15 @@ class _TlsRenewal:
         self.on_renewed = on_renewed
         self.due = time.monotonic() + TLS_CHECK_SECONDS
         self.now = threading.Event()
-        if tls.enabled(cfg) and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, lambda signum, frame: self.now.set())
+        self.previous: Callable[[int, FrameType | None], object] | int | None = None
+        self.handling = tls.enabled(cfg) and threading.current_thread() is threading.main_thread()
+        if self.handling:
+            self.previous = signal.signal(signal.SIGHUP, lambda signum, frame: self.now.set())
+
+    def close(self) -> None:
+        if self.handling:
+            previous = signal.SIG_DFL if self.previous is None else self.previous
+            signal.signal(signal.SIGHUP, previous)
 
     def __call__(self, children: list[_Child]) -> None:
         if not tls.enabled(self.cfg) or not (self.now.is_set() or time.monotonic() > self.due):
