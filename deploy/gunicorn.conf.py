@@ -8,6 +8,11 @@ admin can tune them without touching code. Environment knobs (set them in a syst
   MIRROR_BIND     listen address, default 127.0.0.1:8080 (what nginx-mirror.conf proxies to);
                   mirror-web.service sets 0.0.0.0:8080 so nodes can also reach it directly
   MIRROR_WORKERS  worker processes, default 4 (threads per worker: MIRROR_THREADS, 4)
+
+With `tls.mode` on in mirror.yaml and a bind that is not loopback (nodes connect to gunicorn
+itself), gunicorn serves HTTPS with the mirror's certificate (mirror.tls), made or renewed
+here at every start and `systemctl reload`. On loopback, nginx in front does TLS (see
+deploy/README.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ bind = [os.environ.get("MIRROR_BIND", "127.0.0.1:8080")]
 from mirror.web.gunicorn_settings import SHARED as _SHARED  # noqa: E402
 
 globals().update(_SHARED)
+
+
+
+def _tls_files() -> tuple[str | None, str | None]:
+    if all(b.split(":")[0] in ("127.0.0.1", "localhost", "[::1]") for b in bind):
+        return None, None
+    from mirror import tls
+    from mirror.config import config_path_from_env, load_config
+
+    path = config_path_from_env(None)
+    files = tls.ensure(load_config(path)) if path.is_file() else None
+    return (str(files.cert), str(files.key)) if files is not None else (None, None)
+
+
+certfile, keyfile = _tls_files()
 
 workers = int(os.environ.get("MIRROR_WORKERS", "4"))
 threads = int(os.environ.get("MIRROR_THREADS", "4"))

@@ -164,6 +164,7 @@ def _node_file_inputs(cfg: Config) -> str:
     definitions and the image state (mirrored names and digests)."""
     digest = hashlib.sha256(__version__.encode())
     paths = [p for p in (cfg.config_path, cfg.images_file) if p is not None]
+    paths.append(cfg.data_dir / "tls" / "ca" / "ca.crt")  # /ca.crt, bootstrap.sh's pinned hash
     if cfg.repos_dir.is_dir():
         paths += sorted(cfg.repos_dir.glob("*.repo"))
     paths += sorted((cfg.state_root / "kubeadm").glob("*.json"))  # kubeadm's own image lists
@@ -201,22 +202,27 @@ def serve(obj: _Ctx, bind: str, workers: int, frontend: str) -> None:
     """
     cfg = obj.cfg
     definitions = load_definitions(cfg)  # fail here, with the config error, not in a worker
+    from mirror import tls
     from mirror.images.registry import ensure_registry
     from mirror.web import frontend as web_frontend
     from mirror.web.static import render_static
 
+    tls.ensure(cfg)  # the CA and a current server certificate, before /ca.crt is rendered
     try:
         render_static(cfg, definitions)
     except OSError as exc:  # e.g. a full disk: the app renders those files itself
         log.error("node files not rendered into %s: %s", cfg.data_dir, exc.strerror or exc)
     with ExitStack() as stack:
+        embedded = None
         if cfg.registry.embedded:
             try:
-                stack.enter_context(ensure_registry(cfg))
+                embedded = stack.enter_context(ensure_registry(cfg))
             except MirrorError as exc:
                 # Repos are still worth serving; the status page shows the registry down.
                 log.error("embedded registry not started: %s", exc)
-        web_frontend.run(cfg, bind, workers, frontend)
+        # A renewed certificate (mirror.tls) reaches the registry only through a restart.
+        restart = embedded.restart if embedded is not None else None
+        web_frontend.run(cfg, bind, workers, frontend, on_renewed=restart)
 
 
 @main.group(invoke_without_command=True)

@@ -30,6 +30,7 @@ _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # by ".", "_", "__" or dashes), as mirror.images.refs checks upstream names.
 _REPO_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO_PATH_RE = re.compile(rf"^{_REPO_COMPONENT}(?:/{_REPO_COMPONENT})*$")
+_TLS_HOST_RE = re.compile(r"^(?:[A-Za-z0-9*](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]+)$")
 
 
 class _Frozen(BaseModel):
@@ -97,6 +98,56 @@ class RegistryConfig(_Frozen):
         return self.url.partition("/")[2]
 
 
+def tls_covers(names: tuple[str, ...], host: str) -> bool:
+    """Whether a certificate for `names` is valid for `host` (one-label wildcards as in TLS)."""
+    import ipaddress
+
+    def norm(name: str) -> str:
+        name = name.strip("[]").lower()
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            return name
+
+    host = norm(host)
+    for name in map(norm, names):
+        if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:]):
+            return True
+    return False
+
+
+class TlsConfig(_Frozen):
+    """HTTPS for the web service and the embedded registry (mirror.tls).
+
+    generate: a private CA and a server certificate made and renewed here (data_dir/tls/);
+    files: the site's own certificate, key and CA; off: plain HTTP (or TLS terminated by a
+    proxy in front, with base_url https://).
+    """
+
+    mode: Literal["generate", "files", "off"] = "off"
+    hosts: tuple[str, ...] = ()  # names and IPs in the certificate; () = base_url's and registry's
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not _TLS_HOST_RE.match(host):
+                raise ValueError(f"bad host {host!r} (a DNS name or an IP address, no port)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_files(self) -> TlsConfig:
+        named = [k for k in ("cert_file", "key_file", "ca_file") if getattr(self, k) is not None]
+        if self.mode == "files" and len(named) != 3:
+            raise ValueError("mode files needs cert_file, key_file and ca_file")
+        if self.mode != "files" and named:
+            raise ValueError(f"{named[0]} is only read with mode files")
+        return self
+
+
 class UpstreamConfig(_Frozen):
     registries_conf: Path | None = None
     authfile: Path | None = None
@@ -123,6 +174,7 @@ class Config(_Frozen):
     kubeadm_images: Literal["auto", "binary"] = "auto"
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
     platforms: tuple[str, ...] | Literal["all"] = ("linux/amd64",)
     image_workers: int = Field(default=4, ge=1, le=32)
     # Web service.
@@ -153,6 +205,22 @@ class Config(_Frozen):
     def _check_upstream_mirror(cls, value: str | None) -> str | None:
         # The same rules as base_url: it is another node's base_url.
         return None if value is None else cls._check_base_url(value)
+    @model_validator(mode="after")
+    def _check_tls_scheme(self) -> Config:
+        # With tls on, `mirror serve` speaks only HTTPS: an http:// base_url would hand nodes
+        # URLs nothing answers. https:// with tls off is fine (TLS ended by a proxy in front).
+        if self.tls.mode != "off" and not self.base_url.startswith("https://"):
+            raise ValueError(f"tls.mode {self.tls.mode} serves HTTPS: base_url must be https://")
+        if self.tls.mode == "generate" and self.tls.hosts:
+            # A certificate without the name clients use fails every connection later with an
+            # x509 error; say so now.
+            wanted = [urlsplit(self.base_url).hostname or ""]
+            if self.registry.embedded:
+                wanted.append(urlsplit(f"//{self.registry.url.split('/', 1)[0]}").hostname or "")
+            for host in wanted:
+                if not tls_covers(self.tls.hosts, host):
+                    raise ValueError(f"tls.hosts must include {host} (the host nodes connect to)")
+        return self
 
     @field_validator("kubernetes_versions")
     @classmethod
@@ -257,6 +325,10 @@ def load_config(path: Path) -> Config:
     if named and resolved.images_file is not None and not resolved.images_file.is_file():
         raise ConfigError(str(path), f"key 'images_file': no such file {resolved.images_file}")
     _check_upstream_mirror(path, resolved)
+    for key in _TLS_FILES:
+        tls_file: Path | None = getattr(resolved.tls, key)
+        if tls_file is not None and not tls_file.is_file():
+            raise ConfigError(str(path), f"key 'tls.{key}': no such file {tls_file}")
     return resolved
 
 
@@ -266,6 +338,9 @@ def _check_upstream_mirror(path: Path, cfg: Config) -> None:
     ca = cfg.upstream_mirror_ca
     if ca is not None and not ca.is_file():
         raise ConfigError(str(path), f"key 'upstream_mirror_ca': no such file {ca}")
+
+
+_TLS_FILES = ("cert_file", "key_file", "ca_file")
 
 
 def resolve_paths(cfg: Config, path: Path) -> Config:
@@ -282,6 +357,9 @@ def resolve_paths(cfg: Config, path: Path) -> Config:
                     "authfile": _resolve(base, cfg.registry.authfile),
                     "ca_file": _resolve(base, cfg.registry.ca_file),
                 }
+            ),
+            "tls": cfg.tls.model_copy(
+                update={k: _resolve(base, getattr(cfg.tls, k)) for k in _TLS_FILES}
             ),
             "upstream": cfg.upstream.model_copy(
                 update={

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from mirror import kubeadm_images
+from mirror import kubeadm_images, tls
 from mirror.config import Config
 from mirror.errors import ConfigError
 from mirror.images.refs import (
@@ -28,14 +28,30 @@ from mirror.images.refs import (
 
 log = logging.getLogger("mirror.images")
 CERTS_DIR = "/etc/containerd/certs.d"
-CRIO_CERTS_DIR = "/etc/containers/certs.d"  # containers-certs.d(5): CRI-O, podman, skopeo
+CONTAINERS_CERTS_DIR = "/etc/containers/certs.d"  # containers-certs.d(5): CRI-O, podman, skopeo
+# Where bootstrap.sh --ca-file installs the mirror's CA on a node (mirror.tls): the system
+# trust (update-ca-trust), which mirror.repo's sslcacert names too.
+CA_ANCHOR = "/etc/pki/ca-trust/source/anchors/airgap-mirror-ca.crt"
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$|^\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
 
 
 def registry_scheme(cfg: Config) -> str:
-    """The embedded registry speaks plain HTTP; an external one (Harbor, Quay) HTTPS."""
-    return "http" if cfg.registry.embedded else "https"
+    """The embedded registry speaks plain HTTP unless tls is on; an external one HTTPS."""
+    return "http" if cfg.registry.embedded and not tls.enabled(cfg) else "https"
+
+
+def registry_ca_path(cfg: Config) -> str | None:
+    """Where a node holds the CA that registry.url's certificate is verified with (bootstrap.sh
+    puts it there); None when the node's system trust is used, or nothing is verified."""
+    if tls.local_registry_ca(cfg) is None:
+        return None
+    return f"{CERTS_DIR}/{registry_host(cfg)}/ca.crt"
+
+
+def registry_host(cfg: Config) -> str:
+    """HOST[:PORT] of registry.url: the certs.d directory name containerd and CRI-O use."""
+    return cfg.registry.host
 
 
 def default_version(cfg: Config) -> str:
@@ -187,6 +203,10 @@ def kubeadm_config(cfg: Config, version: str, settings: InitSettings) -> str:
         f"# kubeadm {api.split('/')[1]} config for Kubernetes {images.version}, images from "
         f"the mirror.\n# Use: kubeadm init --config config.yaml\n"
     )
+    ca = registry_ca_path(cfg)
+    if ca is not None:
+        # kubeadm has no registry CA setting: the runtime verifies the pulls.
+        header += f"# The runtime verifies {cfg.registry.url} with the mirror's CA ({ca}).\n"
     return header + yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True)
 
 
@@ -198,28 +218,32 @@ def _upstream_server(host: str) -> str:
 
 
 def registry_ca(cfg: Config) -> tuple[str, str] | None:
-    """(containerd path, CRI-O path) where nodes keep registry.ca_file, None without one."""
+    """(containerd path, CRI-O path) where nodes keep an external registry's registry.ca_file
+    (handed out at /registry-ca.crt), None without one. The mirror's own CA (tls on) is
+    installed by bootstrap.sh --ca-file instead."""
     if cfg.registry.ca_file is None:
         return None
     host = cfg.registry.host
-    return f"{CERTS_DIR}/{host}/ca.crt", f"{CRIO_CERTS_DIR}/{host}/ca.crt"
+    return f"{CERTS_DIR}/{host}/ca.crt", f"{CONTAINERS_CERTS_DIR}/{host}/ca.crt"
 
 
 def containerd_hosts(cfg: Config) -> list[str]:
     """Hosts that get a hosts.toml: every mirrored upstream (nested layout; the flat one has
-    no prefix to redirect to) and, with registry.ca_file, the registry itself, so pulls by
-    mirrored name (the pause image, flat names) verify its certificate too."""
+    no prefix to redirect to) and, when the registry is verified with a CA (registry.ca_file
+    or the mirror's own), the registry itself, so pulls by mirrored name (kubeadm's images,
+    the pause image, flat names) use https with that CA: containerd would try plain http for
+    a registry on localhost/127.0.0.1 without one."""
     hosts = [] if cfg.registry.layout == "flat" else mirrored_hosts(cfg)
-    if cfg.registry.ca_file is not None and cfg.registry.host not in hosts:
-        hosts.append(cfg.registry.host)
+    if registry_ca_path(cfg) is not None and registry_host(cfg) not in hosts:
+        hosts.append(registry_host(cfg))
     return hosts
 
 
 def _tls_lines(cfg: Config, scheme: str) -> list[str]:
-    ca = registry_ca(cfg)
+    ca = registry_ca_path(cfg)
     if ca is not None:
-        return [f'  ca = "{ca[0]}"']
-    if scheme == "https" and not cfg.registry.tls_verify:
+        return [f'  ca = "{ca}"']
+    if scheme == "https" and not tls.local_registry_verify(cfg):
         return ["  skip_verify = true"]
     return []
 
@@ -232,7 +256,7 @@ def hosts_toml(cfg: Config, host: str) -> str:
         raise ValueError(f"bad registry host {host!r}")
     scheme = registry_scheme(cfg)
     layout = RegistryLayout.of(cfg.registry)
-    if host == layout.host and cfg.registry.ca_file is not None:
+    if host == layout.host and registry_ca_path(cfg) is not None:
         lines = [
             f"# {host}: the air-gap mirror's registry, verified with its CA",
             f'server = "{scheme}://{host}"',
@@ -260,7 +284,10 @@ def hosts_toml(cfg: Config, host: str) -> str:
 
 def crio_registries_conf(cfg: Config, hosts: Sequence[str]) -> str:
     """containers-registries.conf(5) drop-in: each upstream host with the mirror in front."""
-    insecure = "true" if registry_scheme(cfg) == "http" or not cfg.registry.tls_verify else "false"
+    # With a CA (the mirror's or registry.ca_file), verification stays on: bootstrap.sh puts
+    # it in /etc/containers/certs.d/<registry>/ca.crt, where containers/image looks for it.
+    verified = tls.local_registry_verify(cfg)
+    insecure = "true" if registry_scheme(cfg) == "http" or not verified else "false"
     layout = RegistryLayout.of(cfg.registry)
     out = [
         "# Air-gap mirror: install as /etc/containers/registries.conf.d/50-airgap-mirror.conf",

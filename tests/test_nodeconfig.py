@@ -203,3 +203,62 @@ def test_containerd_setup_dry_run_writes_nothing(client, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert "would write" in proc.stdout
     assert not root.exists()
+
+
+def test_tls_node_files_point_at_the_ca(cfg_path: Path) -> None:
+    """tls on, embedded registry: https everywhere, verified with the CA at its node path."""
+    cfg_path.write_text(
+        cfg_path.read_text().replace("http://utility.example.com:8080", "https://utility:8443")
+        + "tls: {mode: generate}\n"
+    )
+    cfg = load_config(cfg_path)
+    client = create_app(cfg).test_client()
+    ca = f"/etc/containerd/certs.d/{REGISTRY}/ca.crt"
+    doc = tomllib.loads(client.get("/containerd/certs.d/quay.io/hosts.toml").text)
+    assert doc["host"] == {
+        f"https://{REGISTRY}/v2/quay.io": {
+            "capabilities": ["pull", "resolve"],
+            "override_path": True,
+            "ca": ca,
+        }
+    }
+    crio = tomllib.loads(client.get("/crio/registries.conf").text)
+    assert {m["insecure"] for r in crio["registry"] for m in r["mirror"]} == {False}
+    kubeadm = client.get("/kubeadm/config.yaml").text
+    assert f"verifies {REGISTRY} with the mirror's CA ({ca})" in kubeadm
+    # No CA made yet (serve makes it): /ca.crt is missing rather than empty or wrong.
+    assert client.get("/ca.crt").status_code == 404
+    from mirror import tls
+
+    tls.ensure(cfg)
+    resp = client.get("/ca.crt")
+    assert resp.status_code == 200 and resp.data == tls.ca_file(cfg).read_bytes()
+    script = client.get("/bootstrap.sh").text
+    assert f"MIRROR_CA_SHA256='{tls.file_sha256(tls.ca_file(cfg))}'" in script
+    assert f"'{ca}' '/etc/containers/certs.d/{REGISTRY}/ca.crt'" in script
+
+
+def test_containerd_setup_with_tls_needs_the_ca_first(cfg_path: Path, tmp_path: Path) -> None:
+    cfg_path.write_text(
+        cfg_path.read_text().replace("http://utility.example.com:8080", "https://utility:8443")
+        + "tls: {mode: generate}\n"
+    )
+    script = _setup_script(create_app(load_config(cfg_path)).test_client(), tmp_path)
+    if shutil.which("shellcheck"):
+        check = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+    root = tmp_path / "root"
+    args = ["bash", str(script), "--root", str(root), "--containerd-major", "1"]
+    ca = root / f"etc/containerd/certs.d/{REGISTRY}/ca.crt"
+    dry = subprocess.run([*args, "--dry-run"], capture_output=True, text=True)
+    assert dry.returncode == 0 and "the mirror's CA is not at" in dry.stdout
+    missing = subprocess.run(args, capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert f"the mirror's CA is missing: {ca}" in missing.stderr
+    assert not root.exists()
+    ca.parent.mkdir(parents=True)
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")  # what bootstrap.sh --ca-file installs
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    hosts = tomllib.loads((root / "etc/containerd/certs.d/docker.io/hosts.toml").read_text())
+    assert hosts["host"][f"https://{REGISTRY}/v2/docker.io"]["ca"] == str(ca).replace(str(root), "")

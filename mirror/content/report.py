@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
-from mirror import __version__, content, diskuse, state
+from mirror import __version__, content, diskuse, state, tls
 from mirror.config import Config
 
 SCHEMA_VERSION = 1
@@ -23,7 +23,7 @@ def registry_health(cfg: Config) -> dict[str, Any]:
     from mirror.images.registry import registry_answers
 
     started = time.monotonic()
-    up = registry_answers(cfg.registry.url, cfg.registry.tls_verify)
+    up = registry_answers(cfg.registry.url, tls.local_registry_verify(cfg))
     return {
         "url": cfg.registry.url,
         "embedded": cfg.registry.embedded,
@@ -52,6 +52,11 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
         "repo_file": f"curl -o /etc/yum.repos.d/mirror.repo {base}/repofiles/mirror.repo",
         "bootstrap": f"curl -fsS {base}/bootstrap.sh | sudo bash -s -- --runtime containerd",
     }
+    tls_doc = tls.status(cfg)
+    if tls_doc is not None and tls_doc["ok"]:
+        # Trust first: fetch the CA unverified, check the hash printed here, then bootstrap
+        # with it (every later step verifies TLS).
+        commands["bootstrap"] = f"{tls_doc['pin_command']} --runtime containerd"
     if version:
         commands["kubeadm_init"] = f"kubeadm init --config <(curl -fsS {base}/kubeadm/config.yaml)"
     return {
@@ -63,6 +68,7 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
         "kubernetes_version": version,
         "registry": registry_health(cfg) if check_registry else None,
         "disk_use": diskuse.disk_use(cfg),
+        "tls": tls_doc,
         **rows,
         "commands": commands,
         "ok": all(row["ok"] for kind_rows in rows.values() for row in kind_rows),
@@ -97,6 +103,7 @@ def status_lines(cfg: Config) -> tuple[list[str], bool]:
 
     lines += freshness_lines(cfg)
     lines += diskuse.disk_use_lines(diskuse.disk_use(cfg))
+    lines += tls.status_lines(cfg)
     return lines, all(r.ok for kind_records in found.values() for r in kind_records)
 
 
@@ -147,3 +154,4 @@ def metric_families(cfg: Config) -> Iterator[GaugeMetricFamily]:
 
     yield from freshness_metrics(cfg)  # patches behind per minor, GPG key expiry
     yield from diskuse.metric_families(cfg)
+    yield from tls.metric_families(cfg)  # CA and server certificate expiry

@@ -3,7 +3,9 @@
 The embedded registry is the distro's own binary: `docker-registry` (Debian/Ubuntu package
 docker-registry) or `registry` (EL package docker-distribution, EPEL), with a config we write
 to data_dir/registry/config.yml: filesystem storage under data_dir/registry/storage, deletes
-enabled, plain HTTP on every interface at the port of registry.url, no auth.
+enabled, on every interface at the port of registry.url, no auth; plain HTTP, or HTTPS with
+the mirror's certificate when `tls.mode` is not off (mirror.tls; probes and pushes then
+verify it with the mirror's CA).
 
 Never two on one address: whatever answers on registry.url (ours from `mirror serve` or
 `mirror registry`, or a site registry) is used as is.
@@ -29,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from mirror import fsutil
+from mirror import fsutil, tls
 from mirror.config import Config
 from mirror.errors import EnvironmentProblem, MirrorError
 
@@ -98,14 +100,21 @@ def write_config(cfg: Config, addr: str | None = None, name: str = "config.yml")
     (default: every interface at registry.url's port) and `name` for mirror prune's own
     loopback instance."""
     root = registry_dir(cfg)
+    http: dict[str, object] = {
+        "addr": addr or f":{port_of(cfg.registry.url, tls.local_registry_verify(cfg))}",
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    # A private loopback instance (`addr`, mirror prune's) stays plain HTTP: only prune talks
+    # to it, and the certificate names the hosts nodes use, not 127.0.0.1:<random port>.
+    serve_tls = addr is None and tls.enabled(cfg)
+    files = tls.ensure(cfg) if serve_tls else None
+    if files is not None:
+        http["tls"] = {"certificate": str(files.cert), "key": str(files.key)}
     config = {
         "version": 0.1,
         "log": {"level": "info", "fields": {"service": "registry"}},
         "storage": _storage(cfg, root),
-        "http": {
-            "addr": addr or f":{port_of(cfg.registry.url, cfg.registry.tls_verify)}",
-            "headers": {"X-Content-Type-Options": ["nosniff"]},
-        },
+        "http": http,
     }
     path = root / name
     fsutil.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
@@ -124,11 +133,11 @@ def _storage(cfg: Config, root: Path) -> dict[str, Any]:
 
 
 def _check_embeddable(cfg: Config) -> None:
-    if cfg.registry.tls_verify:
+    if cfg.registry.tls_verify and not tls.enabled(cfg):
         raise EnvironmentProblem(
-            f"registry {cfg.registry.url}: the embedded registry serves plain HTTP, but "
-            "registry.tls_verify is true; set registry.tls_verify: false, or run a TLS "
-            "registry yourself and set registry.embedded: false"
+            f"registry {cfg.registry.url}: the embedded registry serves plain HTTP with "
+            "tls.mode off, but registry.tls_verify is true; set tls.mode (generate or files), "
+            "or registry.tls_verify: false"
         )
 
 
@@ -169,7 +178,7 @@ def _wait_ready(
                 f"embedded registry for {url} exited with code {proc.returncode}; "
                 f"last lines of {logfile}:\n{_tail(logfile)}"
             )
-        if registry_answers(url, cfg.registry.tls_verify and url == cfg.registry.url, 1.0):
+        if registry_answers(url, tls.local_registry_verify(cfg) and url == cfg.registry.url, 1.0):
             return
         time.sleep(0.05)
     _stop(proc)
@@ -179,44 +188,71 @@ def _wait_ready(
     )
 
 
+class EmbeddedRegistry:
+    """The embedded registry ensure_registry started (own session, log in
+    data_dir/registry/registry.log)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.logfile = registry_dir(cfg) / "registry.log"
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        binary = registry_binary()
+        config = write_config(self.cfg)  # also makes or renews its certificate (mirror.tls)
+        with self.logfile.open("ab") as out:
+            proc = subprocess.Popen(
+                [binary, "serve", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            _wait_ready(self.cfg, proc, self.logfile)
+        except BaseException:
+            _stop(proc)
+            raise
+        url = self.cfg.registry.url
+        log.info("started embedded registry on %s (pid %d, log %s)", url, proc.pid, self.logfile)
+        return proc
+
+    def restart(self) -> None:
+        """Stop and start again: distribution reads its certificate only at start, so a
+        renewed one (mirror.tls) is presented after this."""
+        _stop(self.proc)
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        log.debug("stopped embedded registry (pid %d)", self.proc.pid)
+
+
 @contextmanager
-def ensure_registry(cfg: Config) -> Iterator[None]:
+def ensure_registry(cfg: Config) -> Iterator[EmbeddedRegistry | None]:
     """A registry answering on registry.url for the duration of the block.
 
-    Something already answers: used as is, nothing started. Otherwise, with registry.embedded,
-    the embedded registry is started (own session, log in data_dir/registry/registry.log) and
-    stopped again on exit. embedded: false and nothing answers: EnvironmentProblem.
+    Something already answers: used as is, nothing started (None). Otherwise, with
+    registry.embedded, the embedded registry is started and stopped again on exit.
+    embedded: false and nothing answers: EnvironmentProblem.
     """
-    url, tls = cfg.registry.url, cfg.registry.tls_verify
-    if registry_answers(url, tls):
+    url, verify = cfg.registry.url, tls.local_registry_verify(cfg)
+    if registry_answers(url, verify):
         log.debug("registry answers on %s; using it", url)
-        yield
+        yield None
         return
     if not cfg.registry.embedded:
-        scheme = "https" if tls else "http"
+        scheme = "https" if verify else "http"
         raise EnvironmentProblem(
             f"registry {url} does not answer (GET {scheme}://{cfg.registry.host}/v2/) and "
             "registry.embedded is false: start it, or fix registry.url"
         )
     _check_embeddable(cfg)
-    binary = registry_binary()
-    config = write_config(cfg)
-    logfile = registry_dir(cfg) / "registry.log"
-    with logfile.open("ab") as out:
-        proc = subprocess.Popen(
-            [binary, "serve", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    registry = EmbeddedRegistry(cfg)
     try:
-        _wait_ready(cfg, proc, logfile)
-        log.info("started embedded registry on %s (pid %d, log %s)", url, proc.pid, logfile)
-        yield
+        yield registry
     finally:
-        _stop(proc)
-        log.debug("stopped embedded registry (pid %d)", proc.pid)
+        registry.stop()
 
 
 def run_foreground(cfg: Config) -> int:
@@ -225,7 +261,7 @@ def run_foreground(cfg: Config) -> int:
     Returns its exit code (0 after a stop we passed on). Refuses when something already
     answers on registry.url."""
     url = cfg.registry.url
-    if registry_answers(url, cfg.registry.tls_verify):
+    if registry_answers(url, tls.local_registry_verify(cfg)):
         raise EnvironmentProblem(
             f"a registry already answers on {url}; not starting a second one "
             "(is mirror-registry.service or `mirror serve` already running?)"

@@ -8,7 +8,8 @@ What skopeo 1.9.3 can and cannot do, and what we do about it:
 - `--registries-conf FILE` is a global option (before the verb); 1.9 ignores
   $CONTAINERS_REGISTRIES_CONF. Upstream redirects and `insecure = true` come from that file,
   so for upstream sources we pass no `--src-tls-verify` at all: an explicit flag would override
-  the file's `insecure`. Our own registry gets `--{src,dest}-tls-verify` from registry.tls_verify.
+  the file's `insecure`. Our own registry gets `--{src,dest}-tls-verify` from registry.tls_verify,
+  and `--{src,dest}-cert-dir` (a directory holding ca.crt) when it serves TLS with our CA.
 - Digests: `copy --preserve-digests` keeps index and manifest digests (it fails rather
   than convert a format). Pushing to a digest reference (`repo@sha256:...`) works; a reference with
   both a tag and a digest does not ("Docker references with both a tag and digest are currently

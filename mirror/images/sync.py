@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirror import fsutil, state
+from mirror import fsutil, state, tls
 from mirror.config import Config
 from mirror.errors import ConfigError, ImageSyncError
 from mirror.http import Fetcher
@@ -83,7 +83,7 @@ def upstream_endpoint(cfg: Config) -> Endpoint:
 
 def local_endpoint(cfg: Config) -> Endpoint:
     return Endpoint(
-        tls_verify=cfg.registry.tls_verify,
+        tls_verify=tls.local_registry_verify(cfg),
         authfile=cfg.registry.authfile,
         cert_dir=local_cert_dir(cfg),
     )
@@ -91,14 +91,18 @@ def local_endpoint(cfg: Config) -> Endpoint:
 
 def local_cert_dir(cfg: Config) -> Path | None:
     """skopeo takes a CA as a directory holding ca.crt (--dest-cert-dir): registry.ca_file is
-    copied to state/registry-ca/ca.crt (prepare_cert_dir), so any file name works."""
-    return None if cfg.registry.ca_file is None else cfg.state_root / "registry-ca"
+    copied to state/registry-ca/ca.crt (prepare_cert_dir), so any file name works; the
+    mirror's own CA (mirror.tls) already lies alone in its directory."""
+    if cfg.registry.ca_file is not None:
+        return cfg.state_root / "registry-ca"
+    ca = tls.local_registry_ca(cfg)
+    return None if ca is None else ca.parent
 
 
 def prepare_cert_dir(cfg: Config) -> None:
-    directory = local_cert_dir(cfg)
-    if directory is None or cfg.registry.ca_file is None:
+    if cfg.registry.ca_file is None:
         return
+    directory = cfg.state_root / "registry-ca"
     try:
         data = cfg.registry.ca_file.read_bytes()
     except OSError as exc:
@@ -130,9 +134,9 @@ def open_api(cfg: Config, fetcher: Fetcher, probe: Fetcher) -> RegistryAPI:
         registries_conf=registries_conf.load(cfg.upstream.registries_conf),
         upstream_auth=AuthFile(cfg.upstream.authfile),
         local_url=cfg.registry.host,
-        local_tls_verify=cfg.registry.tls_verify,
+        local_tls_verify=tls.local_registry_verify(cfg),
         local_auth=AuthFile(cfg.registry.authfile),
-        local_ca_file=cfg.registry.ca_file,
+        local_ca_file=tls.local_registry_ca(cfg),
     )
 
 

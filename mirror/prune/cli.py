@@ -43,6 +43,7 @@ class _HasConfig(Protocol):
 
 @contextmanager
 def _registry_api(cfg: Config, url: str) -> Iterator[RegistryAPI]:
+    from mirror import tls
     from mirror.http import Fetcher
     from mirror.images import registries_conf
     from mirror.images.regapi import RegistryAPI
@@ -57,7 +58,10 @@ def _registry_api(cfg: Config, url: str) -> Iterator[RegistryAPI]:
             registries_conf=registries_conf.load(cfg.upstream.registries_conf),
             upstream_auth=AuthFile(cfg.upstream.authfile),
             local_url=url,
-            local_tls_verify=cfg.registry.tls_verify,
+            # prune's private loopback instance (private_registry) is plain HTTP; the running
+            # registry on registry.url is verified as the sync verifies it.
+            local_tls_verify=url == cfg.registry.url and tls.local_registry_verify(cfg),
+            local_ca_file=tls.local_registry_ca(cfg) if url == cfg.registry.url else None,
             local_auth=AuthFile(cfg.registry.authfile),
         )
 
@@ -104,6 +108,7 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
     """Plan the images (None: not pruned here) and, unless a dry run, DELETE their manifests;
     whether the registry was running; notes. No registry is started when no recorded image
     left the config, or when the storage holds nothing."""
+    from mirror import tls
     from mirror.errors import EnvironmentProblem
     from mirror.images.registry import private_registry, registry_answers
     from mirror.prune.images import apply_deletes, candidates, plan_images, wanted_images
@@ -113,7 +118,7 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
         return None, False, [note + "retention and garbage collection apply)"]
     wanted = wanted_images(cfg)
     found = candidates(cfg, wanted)
-    online = registry_answers(cfg.registry.url, cfg.registry.tls_verify)
+    online = registry_answers(cfg.registry.url, tls.local_registry_verify(cfg))
     if not found.repositories or not (_storage(cfg) / _REPOSITORIES).is_dir():
         return plan_images(cfg, None, wanted, found), online, []
     context = nullcontext(cfg.registry.url) if online else private_registry(cfg)

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from mirror import nodeconfig
+from mirror import nodeconfig, tls
 from mirror.config import Config
 from mirror.repofile import RepoDefinition
 from mirror.web import repofiles
@@ -29,7 +29,7 @@ MIMETYPES: dict[str, str] = {
     "toml": "application/toml",
     "conf": "application/toml",
     "sh": "text/x-shellscript",
-    "crt": "application/x-pem-file",
+    "crt": "application/x-x509-ca-cert",  # /ca.crt: PEM, what browsers and curl take
 }
 
 # Content-Type by suffix for files of a published yum tree and keys, nginx and the app alike:
@@ -52,7 +52,7 @@ REPO_MIMETYPES: dict[str, str] = {
 # URL prefixes (and exact paths) under which rendered documents live; nginx serves these
 # from the rendered directory and sends anything it does not find there to the app.
 PREFIXES: tuple[str, ...] = ("/repofiles/", "/containerd/", "/crio/")
-EXACT: tuple[str, ...] = ("/bootstrap.sh", "/images.txt", "/registry-ca.crt")
+EXACT: tuple[str, ...] = ("/bootstrap.sh", "/images.txt", "/ca.crt", "/registry-ca.crt")
 
 
 def mimetype_for(url_path: str) -> str:
@@ -111,6 +111,7 @@ def containerd_setup(cfg: Config, version: str) -> str:
         sandbox_image=nodeconfig.pause_image(cfg, version),
         hosts=hosts,
         registry_ca=(ca[0], registry_ca(cfg)) if ca else None,
+        ca_path=nodeconfig.registry_ca_path(cfg),
     )
 
 
@@ -132,8 +133,17 @@ def images_txt(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ca_pem(cfg: Config) -> str | None:
+    """The CA nodes pin (/ca.crt); None when tls is off or the CA is not made yet."""
+    path = tls.ca_file(cfg)
+    if not tls.enabled(cfg) or not path.is_file():
+        return None
+    return path.read_text(encoding="ascii")
+
+
 def bootstrap(cfg: Config, definitions: Sequence[RepoDefinition]) -> str:
     version = nodeconfig.default_version(cfg) if cfg.kubernetes_versions else ""
+    ca = tls.ca_file(cfg)
     return _template(
         "bootstrap.sh",
         base_url=cfg.base_url,
@@ -141,6 +151,18 @@ def bootstrap(cfg: Config, definitions: Sequence[RepoDefinition]) -> str:
         registry=cfg.registry.url,
         repo_ids=[d.id for d in definitions],
         crio_registry_ca=(nodeconfig.registry_ca(cfg) or (None, None))[1],
+        # What --ca-file is checked against unless --ca-sha256 says otherwise: the script came
+        # over TLS verified with that very CA, so the hash in it is as trusted as the CA.
+        ca_sha256=tls.file_sha256(ca) if tls.enabled(cfg) and ca.is_file() else "",
+        ca_anchor=nodeconfig.CA_ANCHOR,
+        # The mirror's CA also verifies the registry only when it is the embedded one; an
+        # external registry's own CA (registry.ca_file) goes there instead.
+        ca_paths=[
+            f"{nodeconfig.CERTS_DIR}/{nodeconfig.registry_host(cfg)}/ca.crt",
+            f"{nodeconfig.CONTAINERS_CERTS_DIR}/{nodeconfig.registry_host(cfg)}/ca.crt",
+        ]
+        if cfg.registry.embedded
+        else [],
     )
 
 
@@ -158,6 +180,9 @@ def static_documents(
         "/bootstrap.sh": lambda: bootstrap(cfg, definitions),
         "/images.txt": lambda: images_txt(cfg),
     }
+    pem = ca_pem(cfg)
+    if pem is not None:
+        docs["/ca.crt"] = lambda: pem
     for d in definitions:
         docs[f"/repofiles/{d.id}.repo"] = functools.partial(one_repo, cfg, d)
     if cfg.registry.ca_file is not None:

@@ -12,6 +12,9 @@ exit) holds nginx.conf, nginx.pid, nginx's temp dirs, the gunicorn socket and th
 multiprocess files. nginx logs go to `<data_dir>/log/nginx-{access,error}.log` (errors also
 to stderr, next to gunicorn's log lines).
 
+With tls on, the server certificate is checked hourly and on SIGHUP, renewed when due
+(mirror.tls), nginx reloaded with it and the embedded registry restarted (`on_renewed`).
+
 SIGTERM or SIGINT stops both children (gracefully, bounded) and returns; the caller then
 stops the embedded registry. Children get SIGTERM from the kernel if `mirror serve` itself
 dies (PR_SET_PDEATHSIG), so no server outlives it. If a child exits on its own, the other is
@@ -37,14 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from mirror import tls
 from mirror.config import Config
-from mirror.errors import EnvironmentProblem
+from mirror.errors import EnvironmentProblem, MirrorError
 from mirror.web import nginx as nginx_conf
 
 log = logging.getLogger(__name__)
 FRONTENDS = ("auto", "nginx", "gunicorn")
 STOP_TIMEOUT = 15.0  # gunicorn's graceful_timeout is 10 s, nginx's worker_shutdown_timeout 5 s
 START_TIMEOUT = 30.0
+TLS_CHECK_SECONDS = 3600.0  # how often a running serve checks its certificate's expiry
 _BIND_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$|^unix:/[^\s;{}'\"]+$")
 PR_SET_PDEATHSIG = 1
 
@@ -122,7 +127,7 @@ def _log_dir(cfg: Config, runtime: Path) -> Path:
 
 
 def _nginx_argv(nginx: str, cfg: Config, bind: str, runtime: Path, upstream: str) -> list[str]:
-    site = nginx_conf.site_config(cfg.data_dir.resolve(), [bind], upstream)
+    site = nginx_conf.site_config(cfg.data_dir.resolve(), [bind], upstream, tls.server_files(cfg))
     text = nginx_conf.main_config(
         nginx=nginx,
         site=site,
@@ -136,10 +141,14 @@ def _nginx_argv(nginx: str, cfg: Config, bind: str, runtime: Path, upstream: str
     return [nginx, "-p", str(runtime), "-c", str(conf), "-e", "stderr"]
 
 
-def _gunicorn_argv(cfg: Config, bind: str, workers: int, runtime: Path) -> list[str]:
+def _gunicorn_argv(
+    cfg: Config, bind: str, workers: int, runtime: Path, public: bool = False
+) -> list[str]:
+    """public: gunicorn listens on `bind` itself (no nginx), so it serves HTTPS when tls is on."""
     assert cfg.config_path is not None, "serve needs a config loaded from a file"
     config = str(cfg.config_path)
-    return [sys.executable, "-m", "mirror.web.server", config, bind, str(workers), str(runtime)]
+    argv = [sys.executable, "-m", "mirror.web.server", config, bind, str(workers), str(runtime)]
+    return argv + (["tls"] if public and tls.enabled(cfg) else [])
 
 
 def _wait_for_socket(sock: Path, child: _Child, stopping: threading.Event) -> None:
@@ -187,8 +196,15 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, old)
 
 
-def run(cfg: Config, bind: str, workers: int, frontend: str = "auto") -> None:
-    """Serve until SIGTERM/SIGINT; raises EnvironmentProblem when a server fails."""
+def run(
+    cfg: Config,
+    bind: str,
+    workers: int,
+    frontend: str = "auto",
+    on_renewed: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; raises EnvironmentProblem when a server fails.
+    `on_renewed` runs after the server certificate was renewed (restarts the registry)."""
     check_bind(bind)
     nginx = choose_nginx(frontend)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +215,12 @@ def run(cfg: Config, bind: str, workers: int, frontend: str = "auto") -> None:
         # Counters from every gunicorn worker add up only in prometheus_client's
         # multiprocess mode; the directory must be empty when the server starts.
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        renewal = _TlsRenewal(cfg, on_renewed)  # its SIGHUP handler before anything listens
         try:
             _start(children, cfg, bind, workers, nginx, runtime, env, stopping)
-            _supervise(children, stopping)
+            _supervise(children, stopping, renewal)
         finally:
+            renewal.close()
             _stop(children)
 
 
@@ -220,7 +238,7 @@ def _start(
     Each child is appended as soon as it runs, so the caller stops whatever did start."""
     if nginx is None:
         log.info("nginx not used: gunicorn alone on %s", bind)
-        argv = _gunicorn_argv(cfg, bind, workers, runtime)
+        argv = _gunicorn_argv(cfg, bind, workers, runtime, public=True)
         children.append(_spawn("gunicorn", argv, env, signal.SIGTERM))
         return
     sock = runtime / "gunicorn.sock"
@@ -234,8 +252,63 @@ def _start(
     children.append(_spawn("nginx", argv, env, signal.SIGQUIT))
 
 
-def _supervise(children: list[_Child], stopping: threading.Event) -> None:
+class _TlsRenewal:
+    """Renews the server certificate while serving: every TLS_CHECK_SECONDS, and at once on
+    SIGHUP. nginx is told to reload (SIGHUP) when the certificate changed; gunicorn reads
+    it for every new connection; `on_renewed` restarts the embedded registry we started."""
+
+    def __init__(self, cfg: Config, on_renewed: Callable[[], None] | None) -> None:
+        self.cfg = cfg
+        self.on_renewed = on_renewed
+        self.due = time.monotonic() + TLS_CHECK_SECONDS
+        self.now = threading.Event()
+        self.previous: Callable[[int, FrameType | None], object] | int | None = None
+        self.handling = tls.enabled(cfg) and threading.current_thread() is threading.main_thread()
+        if self.handling:
+            self.previous = signal.signal(signal.SIGHUP, lambda signum, frame: self.now.set())
+
+    def close(self) -> None:
+        if self.handling:
+            previous = signal.SIG_DFL if self.previous is None else self.previous
+            signal.signal(signal.SIGHUP, previous)
+
+    def __call__(self, children: list[_Child]) -> None:
+        if not tls.enabled(self.cfg) or not (self.now.is_set() or time.monotonic() > self.due):
+            return
+        self.now.clear()
+        self.due = time.monotonic() + TLS_CHECK_SECONDS
+        files = tls.server_files(self.cfg)
+        assert files is not None
+        before = files.cert.read_bytes() if files.cert.exists() else b""
+        try:
+            tls.ensure(self.cfg)
+        except MirrorError as exc:  # e.g. the CA key went missing: keep serving what we have
+            log.error("TLS certificate not renewed: %s", exc)
+            return
+        if files.cert.read_bytes() == before:
+            return
+        for child in children:
+            if child.name == "nginx" and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGHUP)
+                log.info("renewed server certificate: nginx reloaded")
+        if self.on_renewed is not None:
+            try:
+                self.on_renewed()
+                log.info("renewed server certificate: embedded registry restarted")
+            except MirrorError as exc:
+                log.error("embedded registry not restarted after the renewal: %s", exc)
+        elif self.cfg.registry.embedded:
+            log.warning(
+                "renewed server certificate: restart mirror-registry.service (or whatever "
+                "runs the registry) for it to present the new one"
+            )
+
+
+def _supervise(
+    children: list[_Child], stopping: threading.Event, renew: Callable[[list[_Child]], None]
+) -> None:
     while not stopping.wait(0.5):
+        renew(children)
         for child in children:
             code = child.proc.poll()
             if code is not None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mirror.files import content_types
+from mirror.tls import ServerFiles
 from mirror.web import documents
 from mirror.web.static import WWW_DIR
 
@@ -61,9 +62,26 @@ def _rendered_location() -> str:
     return "^(" + "|".join(alts) + ")"
 
 
-def site_config(data_dir: Path, listen: Sequence[str], upstream: str) -> str:
-    """upstream{} + server{}: static files from `data_dir`, the rest proxied to `upstream`."""
-    listens = "".join(f"    listen {addr};\n" for addr in listen)
+def _ssl(tls: ServerFiles | None) -> str:
+    if tls is None:
+        return ""
+    return f"""
+    # HTTPS with the mirror's certificate (mirror.tls); nodes verify it with the pinned CA.
+    ssl_certificate {tls.cert};
+    ssl_certificate_key {tls.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:mirror_tls:1m;
+    ssl_session_timeout 1h;
+"""
+
+
+def site_config(
+    data_dir: Path, listen: Sequence[str], upstream: str, tls: ServerFiles | None = None
+) -> str:
+    """upstream{} + server{}: static files from `data_dir`, the rest proxied to `upstream`;
+    HTTPS when `tls` names a certificate and key."""
+    suffix = " ssl" if tls is not None else ""
+    listens = "".join(f"    listen {addr}{suffix};\n" for addr in listen) + _ssl(tls)
     # The app adds "; charset=utf-8" to text/* only; so does nginx.
     charset_types = " ".join(sorted({t for t in documents.MIMETYPES.values() if "text/" in t}))
     return f"""\

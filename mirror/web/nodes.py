@@ -60,6 +60,15 @@ def kubeadm_config() -> Response:
     return Response(body, mimetype="application/yaml")
 
 
+@bp.get("/ca.crt")
+def ca_crt() -> Response:
+    """The mirror's CA (PEM) for nodes to pin: its sha256 is in `mirror status`."""
+    pem = documents.ca_pem(_cfg())
+    if pem is None:
+        abort(404)
+    return _text(pem)
+
+
 @bp.get("/containerd/certs.d/<host>/hosts.toml")
 def containerd_hosts(host: str) -> Response:
     cfg = _cfg()

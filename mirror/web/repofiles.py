@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from mirror import tls
 from mirror.config import Config
+from mirror.nodeconfig import CA_ANCHOR
 from mirror.repofile import RepoDefinition, variable_values
 
 
@@ -42,6 +44,10 @@ def repo_stanza(definition: RepoDefinition, cfg: Config) -> str:
         lines.append(f"gpgkey={cfg.base_url}/keys/{definition.key_url_path}")
     if definition.exclude:
         lines.append(f"exclude={' '.join(definition.exclude)}")
+    if tls.enabled(cfg):
+        # The mirror's own CA (bootstrap.sh --ca-file installs it there); dnf uses it for the
+        # gpgkey= downloads as well.
+        lines += ["sslverify=1", f"sslcacert={CA_ANCHOR}"]
     return "\n".join(lines) + "\n"
 
 

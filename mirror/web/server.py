@@ -183,21 +183,34 @@ def gunicorn_options(
 
 
 def serve(
-    cfg: Config, bind: str, workers: int = 4, threads: int = 4, runtime: str | None = None
+    cfg: Config,
+    bind: str,
+    workers: int = 4,
+    threads: int = 4,
+    runtime: str | None = None,
+    use_tls: bool = False,
 ) -> None:
-    """Run gunicorn in this process until it is stopped (SIGTERM, SIGINT)."""
-    _Gunicorn(cfg, gunicorn_options(bind, workers, threads, runtime)).run()
+    """Run gunicorn in this process until it is stopped (SIGTERM, SIGINT); HTTPS with the
+    mirror's certificate (mirror.tls) when `use_tls`."""
+    from mirror import tls
+
+    options = gunicorn_options(bind, workers, threads, runtime)
+    files = tls.server_files(cfg) if use_tls else None
+    if files is not None:
+        options.update(certfile=str(files.cert), keyfile=str(files.key))
+    _Gunicorn(cfg, options).run()
 
 
 def main(argv: list[str]) -> None:
-    """`python -m mirror.web.server CONFIG BIND WORKERS RUNTIME_DIR`: what
-    mirror.web.frontend starts."""
+    """`python -m mirror.web.server CONFIG BIND WORKERS RUNTIME_DIR [tls]`: what
+    mirror.web.frontend starts ("tls": gunicorn alone on the public address, with HTTPS)."""
     from pathlib import Path
 
     from mirror.config import load_config
 
-    config, bind, workers, runtime = argv
-    serve(load_config(Path(config)), bind, workers=int(workers), runtime=runtime)
+    config, bind, workers, runtime = argv[:4]
+    use_tls = argv[4:] == ["tls"]
+    serve(load_config(Path(config)), bind, workers=int(workers), runtime=runtime, use_tls=use_tls)
 
 
 if __name__ == "__main__":

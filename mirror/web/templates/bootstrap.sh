@@ -6,6 +6,9 @@
 #
 # Usage: curl -fsS {{ base_url }}/bootstrap.sh | sudo bash -s -- --runtime containerd
 #        (options: bash -s -- --help)
+# With TLS, first pin the mirror's CA (the command is in `mirror status` and on the status
+# page) and pass it: ... | sudo bash -s -- --ca-file /tmp/mirror-ca.crt --ca-sha256 HASH.
+# The CA is checked before anything changes; every download then verifies TLS with it.
 # Idempotent: a second run changes nothing and says so. Stops at the first failing step.
 #
 # The whole script is one { ... } block: bash reads all of it before running any of it, so a
@@ -17,6 +20,9 @@ BASE_URL='{{ base_url | replace("'", "'\\''") }}'
 DEFAULT_K8S_VERSION='{{ kubernetes_version | replace("'", "'\\''") }}'
 MIRROR_REPO_IDS=({% for id in repo_ids %}'{{ id | replace("'", "'\\''") }}'{{ " " if not loop.last }}{% endfor %})
 REPO_FILE=/etc/yum.repos.d/mirror.repo
+MIRROR_CA_SHA256='{{ ca_sha256 }}'
+CA_ANCHOR='{{ ca_anchor | replace("'", "'\\''") }}'
+CA_PATHS=({% for path in ca_paths %}'{{ path | replace("'", "'\\''") }}'{{ " " if not loop.last }}{% endfor %})
 
 usage() {
     cat <<'EOF'
@@ -32,6 +38,9 @@ Usage: curl -fsS {{ base_url }}/bootstrap.sh | sudo bash -s -- [options]
   --root DIR                   act on a throwaway root (files under DIR, dnf --installroot=DIR,
                                host-wide actions skipped)
   --releasever N               dnf $releasever (default: VERSION_ID major of os-release)
+  --ca-file FILE               the mirror's CA (PEM): checked, then installed into the system
+                               trust, containerd's and CRI-O's certs.d; downloads verify with it
+  --ca-sha256 HASH             sha256sum FILE must print this (default: {{ ca_sha256 or "the mirror has no CA" }})
   -h, --help                   this text
 EOF
 }
@@ -51,6 +60,8 @@ DNF_OPTS=()
 DRY_RUN=0
 ROOT=""
 RELEASEVER=""
+CA_FILE=""
+CA_SHA256=""
 
 # need_value OPTION NUMBER-OF-REMAINING-ARGS NEXT-ARG
 need_value() {
@@ -70,6 +81,8 @@ while [ $# -gt 0 ]; do
         --dnf-opt) need_value "$opt" $# "${2-}"; DNF_OPTS+=("$2"); shift 2 ;;
         --root) need_value "$opt" $# "${2-}"; ROOT="$2"; shift 2 ;;
         --releasever) need_value "$opt" $# "${2-}"; RELEASEVER="$2"; shift 2 ;;
+        --ca-file) need_value "$opt" $# "${2-}"; CA_FILE="$2"; shift 2 ;;
+        --ca-sha256) need_value "$opt" $# "${2-}"; CA_SHA256="$2"; shift 2 ;;
         --system-repos) SYSTEM_REPOS=1; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -99,6 +112,11 @@ fi
 MIRROR="${MIRROR%/}"
 if [ -n "$RELEASEVER" ] && [[ ! "$RELEASEVER" =~ ^[0-9A-Za-z._-]+$ ]]; then
     usage_error "--releasever must be like 9, not '$RELEASEVER'"
+fi
+if [ -n "$CA_SHA256" ]; then
+    [ -n "$CA_FILE" ] || usage_error "--ca-sha256 needs --ca-file"
+    [[ "$CA_SHA256" =~ ^[0-9A-Fa-f]{64}$ ]] || usage_error "--ca-sha256 must be 64 hex digits (sha256sum), not '$CA_SHA256'"
+    CA_SHA256="${CA_SHA256,,}"
 fi
 if [ -n "$ROOT" ]; then
     ROOT="$(realpath -m -- "$ROOT")"
@@ -155,10 +173,11 @@ trap cleanup EXIT
 is_dry() { [ "$DRY_RUN" -eq 1 ]; }
 under_root() { [ -n "$ROOT" ]; }
 
-# fetch URL DEST
+# fetch URL DEST: TLS is always verified (with --ca-file when given, else the system trust).
+CURL_CA=()
 fetch() {
-    curl -fsSL --connect-timeout 10 --retry 2 -o "$2" "$1" \
-        || die "cannot fetch $1 (is the mirror reachable?)"
+    curl -fsSL --connect-timeout 10 --retry 2 "${CURL_CA[@]}" -o "$2" "$1" \
+        || die "cannot fetch $1 (is the mirror reachable? an https mirror needs its CA: --ca-file)"
 }
 
 # put_file PATH SRC: install SRC as ROOT/PATH (0644) unless it already has that content.
@@ -209,9 +228,56 @@ if under_root && [ -z "$RELEASEVER" ]; then
     [ -n "$RELEASEVER" ] || die "cannot tell the release version from $osr: pass --releasever"
 fi
 TMPD="$(mktemp -d)"
+if [ -n "$CA_FILE" ]; then
+    # Checked before anything changes: a CA that is not the pinned one stops the run here.
+    # Checked and used from a private copy, so the file cannot change in between.
+    command -v sha256sum >/dev/null 2>&1 || die "'sha256sum' is not installed"
+    if [ ! -f "$CA_FILE" ] || [ ! -r "$CA_FILE" ]; then die "--ca-file $CA_FILE: no such readable file"; fi
+    cp -- "$CA_FILE" "$TMPD/mirror-ca.crt"
+    grep -q -- '-----BEGIN CERTIFICATE-----' "$TMPD/mirror-ca.crt" || die "--ca-file $CA_FILE is not a PEM certificate"
+    expected="${CA_SHA256:-$MIRROR_CA_SHA256}"
+    actual="$(sha256sum < "$TMPD/mirror-ca.crt" | cut -d' ' -f1)"
+    if [ -z "$expected" ]; then
+        die "--ca-file given, but the mirror has no CA to check it against: pass --ca-sha256"
+    fi
+    if [ "$actual" != "$expected" ]; then
+        die "--ca-file $CA_FILE has sha256 $actual, not the pinned $expected; nothing was changed"
+    fi
+    CA_FILE="$TMPD/mirror-ca.crt"
+    CURL_CA=(--cacert "$CA_FILE")
+fi
 mode=""
 if is_dry; then mode=", dry run"; fi
 note "mirror $MIRROR, runtime $RUNTIME, Kubernetes $K8S_VERSION, role $ROLE${ROOT:+, root $ROOT}$mode"
+
+if [ -n "$CA_FILE" ]; then
+    step "mirror CA"
+    # System trust (dnf's sslcacert in mirror.repo names this file), then where containerd
+    # (hosts.toml ca = ...) and CRI-O/podman (containers-certs.d) look for the registry's CA.
+    before="$CHANGES"
+    put_file "$CA_ANCHOR" "$CA_FILE"
+    if under_root; then
+        skipped "update-ca-trust extract"
+    else
+        # Also when a run stopped between writing the anchor and extracting: the CA's first
+        # base64 line missing from the extracted bundle means it is not trusted yet.
+        bundle=/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem
+        if [ "$CHANGES" -ne "$before" ] || ! grep -qF -- "$(sed -n 2p "$CA_FILE")" "$bundle" 2>/dev/null; then
+            if is_dry; then
+                would "update-ca-trust extract"
+            else
+                command -v update-ca-trust >/dev/null 2>&1 || die "'update-ca-trust' is not installed (ca-certificates)"
+                update-ca-trust extract
+                changed "update-ca-trust extract"
+            fi
+        else
+            unchanged "the CA is in $bundle"
+        fi
+    fi
+    for path in "${CA_PATHS[@]}"; do
+        put_file "$path" "$CA_FILE"
+    done
+fi
 
 step "repo file"
 fetch "$MIRROR/repofiles/mirror.repo" "$TMPD/mirror.repo"
@@ -272,6 +338,11 @@ if [ "$SYSTEM_REPOS" -eq 0 ]; then
     # Only the mirror: a fresh air-gapped node's own repos point at unreachable hosts.
     enable="$(IFS=,; echo "${MIRROR_REPO_IDS[*]}")"
     DNF+=("--disablerepo=*" "--enablerepo=$enable")
+fi
+if under_root && [ -n "$CA_FILE" ]; then
+    # mirror.repo's sslcacert is a node path; dnf --installroot does not look for it inside
+    # the root, so name the root's copy for each mirror repo.
+    for id in "${MIRROR_REPO_IDS[@]}"; do DNF+=("--setopt=$id.sslcacert=$ROOT$CA_ANCHOR"); done
 fi
 DNF+=(--disableexcludes=kubernetes "${DNF_OPTS[@]}")
 if rpm_installed "${PKGS[@]}"; then

@@ -68,6 +68,17 @@ set_toml_key() {
 
 {% if registry_ca %}
 put_file "$ROOT"{{ registry_ca[0] | shquote }} {{ registry_ca[1] | trim | shquote }}
+{% elif ca_path %}
+# The registry's certificate is verified with the mirror's CA (each hosts.toml names it):
+# bootstrap.sh --ca-file puts it there. Without it every pull would fail, so stop here.
+if [ ! -f "$ROOT"{{ ca_path | shquote }} ]; then
+    if [ "$DRY_RUN" -eq 1 ]; then
+        say "the mirror's CA is not at $ROOT{{ ca_path }} yet (bootstrap.sh --ca-file puts it there)"
+    else
+        echo "containerd-setup: the mirror's CA is missing: $ROOT{{ ca_path }}; install it first (bootstrap.sh --ca-file FILE, or copy {{ base_url }}/ca.crt there after checking its sha256)" >&2
+        exit 1
+    fi
+fi
 {% endif %}
 {% for host, content in hosts %}
 put_file "$ROOT$CERTS_DIR/"{{ host | shquote }}/hosts.toml {{ content | trim | shquote }}
