@@ -297,6 +297,11 @@ from mirror.kubernetes.cli import upgrade_plan  # noqa: E402 - after main is def
 
 main.add_command(upgrade_plan)
 
+from mirror.transfer.cli import export_command, import_command  # noqa: E402
+
+main.add_command(export_command)
+main.add_command(import_command)
+
 
 def run() -> None:
     main(prog_name="mirror")

@@ -162,3 +162,17 @@ def copy(
         f"docker://{dest}",
     ]
     _run(args, image or src, COPY_TIMEOUT)
+
+
+def copy_all(src: str, dest: str, *, tls_verify: bool, authfile: Path | None, image: str) -> None:
+    """`skopeo copy --all --preserve-digests SRC DEST` between our registry and an OCI image
+    layout (mirror.transfer): SRC and DEST carry their transport ("docker://...",
+    "oci:DIR:REF"). TLS and credentials apply to the docker:// side (skopeo ignores them for
+    oci:)."""
+    args = [*_global_args(None), "copy", "--all", "--preserve-digests", "--quiet"]
+    args += ["--retry-times", str(RETRY_TIMES)]
+    if src.startswith("docker://"):
+        args += [*_bool("--src-tls-verify", tls_verify), *_path("--src-authfile", authfile)]
+    if dest.startswith("docker://"):
+        args += [*_bool("--dest-tls-verify", tls_verify), *_path("--dest-authfile", authfile)]
+    _run([*args, src, dest], image, COPY_TIMEOUT)

@@ -1,0 +1,303 @@
+"""Issue 11 end to end: `mirror export` on a connected side, `mirror import` on sides with
+empty data dirs and registries of their own, the upstreams stopped.
+
+Built once per module (the expensive part): real yum upstreams (rpmbuild, signed), a real
+distribution registry with multi-arch images, a files and a chart upstream, an outside
+mirror synced from them with its embedded registry. Exports made outside: a full one, split
+and zstd variants, then (after upstream changes: a new kubeadm, a moved image tag, a new
+image sharing every blob with one of the base, a changed file, a new chart version) a delta
+on the full one and a full export of the new state. Then every upstream is stopped and the
+tests import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import K8S_REL, free_port, stop_process, wait_http
+from tests.fixtures import DnfRoot, GpgKey, Pkg, UpstreamServer, add_package
+from tests.fixtures.helmrepo import HelmRepo
+from tests.fixtures.registry import (
+    manifest_digest,
+    push_image,
+    start_registry,
+    write_registries_conf,
+)
+
+pytestmark = pytest.mark.slow
+
+IMAGES = ["docker.io/library/nginx:1.25", "registry.k8s.io/pause:3.9"]
+NEW_IMAGE = "docker.io/library/busybox:1.36"  # pushed with pause's content: every blob shared
+
+
+@dataclass
+class Side:
+    """One mirror (config, data dir, registry port) driven through the real CLI."""
+
+    dir: Path
+    port: int
+    registry_port: int
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "mirror.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    def write(self, **extra: object) -> Side:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "repos").mkdir(exist_ok=True)
+        raw: dict[str, object] = {
+            "data_dir": "./data",
+            "base_url": f"http://127.0.0.1:{self.port}",
+            "repos_dir": "./repos",
+            "releasever": ["9"],
+            "basearch": ["x86_64"],
+            "http_timeout": 10,
+            "http_retries": 1,
+            "images_file": None,
+            "platforms": "all",
+            "registry": {"url": self.registry, "embedded": True},
+            **extra,
+        }
+        self.config.write_text(yaml.safe_dump(raw))
+        return self
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mirror", "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.dir,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = self.run(*args)
+        assert proc.returncode == 0, (
+            f"mirror {' '.join(args)}: {proc.returncode}\n{proc.stderr[-4000:]}"
+        )
+        return proc
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.dir / f"{args[0]}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "mirror", "-c", str(self.config), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+
+
+def inside(tmp: Path, name: str, **extra: object) -> Side:
+    return Side(tmp / name, free_port(), free_port()).write(**extra)
+
+
+def digests(side: Side) -> dict[str, str]:
+    """Image record key -> digest, from the side's state."""
+    found = {}
+    for path in (side.data / "state" / "images").glob("*.json"):
+        record = json.loads(path.read_text())
+        found[record["key"]] = record["digest"]
+    return found
+
+
+def tree(root: Path) -> dict[str, str]:
+    """relpath -> sha256 of every non-hidden file below root."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not any(p.startswith(".") for p in rel.parts):
+            out[rel.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass
+class Exports:
+    outside: Side
+    dir: Path
+    tmp: Path
+    key: GpgKey
+    before: dict[str, str]  # image digests of the base state
+    after: dict[str, str]  # ... and of the new state
+    files_before: dict[str, str]
+    charts_before: dict[str, bytes]  # the outside's published charts tree
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+def _upstream_content(root: Path, charts: HelmRepo, files: Path) -> None:
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "big.bin").write_bytes(random.Random(11).randbytes(3 << 20))  # stays the same
+    (files / "notes.txt").write_text("release notes v1\n")
+    charts.add("demo", "1.0.0")
+    charts.write_index()
+
+
+@pytest.fixture(scope="module")
+def exports(
+    tmp_path_factory: pytest.TempPathFactory, pristine_upstream: Path, gpg_key: GpgKey
+) -> Iterator[Exports]:
+    tmp = tmp_path_factory.mktemp("transfer")
+    root = tmp / "upstream"
+    shutil.copytree(pristine_upstream, root)
+    charts = HelmRepo(root / "stable")
+    _upstream_content(root, charts, root / "dl")
+    server = UpstreamServer(root).start()
+    registry = start_registry(tmp / "upreg")
+    work = tmp / "work"
+    try:
+        for ref in IMAGES:
+            push_image(registry, ref, work)
+        out = Side(tmp / "outside", free_port(), free_port())
+        out.dir.mkdir(parents=True)
+        k8s = server.url_for(root / K8S_REL)
+        repos = out.dir / "repos"
+        repos.mkdir()
+        (repos / "kubernetes.repo").write_text(
+            f"[kubernetes]\nname=Kubernetes\nbaseurl={k8s}/\nenabled=1\ngpgcheck=1\n"
+            f"repo_gpgcheck=1\ngpgkey={k8s}/repodata/repomd.xml.key\n"
+            "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n"
+        )
+        (repos / "docker-ce.repo").write_text(
+            "[docker-ce-stable]\nname=Docker CE Stable - $basearch\n"
+            f"baseurl={server.url}/linux/centos/$releasever/$basearch/stable\n"
+            f"enabled=1\ngpgcheck=1\ngpgkey={server.url}/docker.gpg\n"
+        )
+        write_registries_conf(out.dir / "registries.conf", registry)
+        images_txt = out.dir / "images.txt"
+        images_txt.write_text("\n".join(IMAGES) + "\n")
+        out.write(
+            images_file="./images.txt",
+            upstream={"registries_conf": "./registries.conf"},
+            files=[
+                {"url": f"{server.url}/dl/big.bin", "path": "tools/big.bin"},
+                {"url": f"{server.url}/dl/notes.txt", "path": "tools/notes.txt"},
+            ],
+            charts=[{"repo": f"{server.url}/stable", "name": "demo", "newest": 3}],
+        )
+        dest = tmp / "usb"
+        out.ok("sync")
+        before = digests(out)
+        files_before = tree(out.data / "files")
+        charts_before = {
+            p: (out.data / "charts" / p).read_bytes() for p in tree(out.data / "charts")
+        }
+        out.ok("export", str(dest / "base.tar"))
+        out.ok("export", str(dest / "split.tar"), "--split-size", "256K")
+        out.ok("export", str(dest / "base.tar.zst"), "--zstd")
+
+        # Upstream changes: a new kubeadm, a moved tag, a new image made of base blobs, a
+        # changed file, a new chart version.
+        add_package(
+            root / K8S_REL, Pkg("kubeadm", "1.28.3"), "x86_64", gpg_key, work, subdir="x86_64"
+        )
+        push_image(registry, IMAGES[0], work, seed="nginx moved")
+        push_image(registry, NEW_IMAGE, work, seed=IMAGES[1])
+        images_txt.write_text("\n".join([*IMAGES, NEW_IMAGE]) + "\n")
+        (root / "dl" / "notes.txt").write_text("release notes v2\n")
+        charts.add("demo", "1.1.0")
+        charts.write_index()
+        out.ok("sync")
+        after = digests(out)
+        out.ok("export", "--since", str(dest / "base.tar"), str(dest / "delta.tar"))
+        out.ok("export", str(dest / "full2.tar"))
+    finally:
+        # Every upstream stops before any import: the tests below import with them gone.
+        server.stop()
+        registry.stop()
+    yield Exports(out, dest, tmp, gpg_key, before, after, files_before, charts_before)
+
+
+def test_archive_is_plain_tar_with_manifest_first(exports: Exports) -> None:
+    with tarfile.open(exports.path("base.tar")) as tar:
+        names = tar.getnames()
+        handle = tar.extractfile("manifest.json")
+        assert handle is not None
+        manifest = json.loads(handle.read())
+    assert names[0] == "manifest.json"
+    assert manifest["base"] is None and manifest["format"] == 1
+    assert "kubernetes" in {r["key"] for r in manifest["repos"]}
+    tops = {m["path"].split("/")[0] for m in manifest["members"]}
+    assert tops == {"definitions", "repos", "keys", "state", "oci", "files", "charts"}
+    assert set(names[1:]) == {m["path"] for m in manifest["members"] if m["carried"]}
+    # Blobs of the two images are stored once each, however many platforms name them.
+    blobs = [n for n in names if n.startswith("oci/blobs/")]
+    assert len(blobs) == len(set(blobs))
+    # Split parts are the one stream cut in pieces.
+    parts = sorted(exports.dir.glob("split.tar.*"))
+    assert len(parts) > 3
+    joined = io.BytesIO(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(fileobj=joined) as tar:
+        assert tar.getnames() == names  # same state, same members, in the same order
+
+
+def _serve(side: Side) -> subprocess.Popen[bytes]:
+    proc = side.start(
+        "serve", "--bind", f"127.0.0.1:{side.port}", "--workers", "2", "--frontend", "gunicorn"
+    )
+    wait_http(f"http://127.0.0.1:{side.port}/healthz")
+    return proc
+
+
+def test_full_import_serves_everything_upstreams_stopped(exports: Exports, tmp_path: Path) -> None:
+    side = inside(tmp_path, "inside")  # its own base_url, registry.url and empty data_dir
+    done = side.ok("import", str(exports.path("base.tar")))
+    assert "imported" in done.stdout
+    # The .repo definitions came with the archive; status names the archive.
+    assert {p.name for p in (side.dir / "repos").glob("*.repo")} == {
+        "kubernetes.repo",
+        "docker-ce.repo",
+    }
+    status = side.ok("status")
+    assert "base.tar" in status.stdout
+    doc = json.loads(side.ok("status", "--json").stdout)
+    assert doc["last_import"]["archive"] == "base.tar"
+    assert {r["upstream"] for r in doc["images"]} == set(exports.before)
+    proc = _serve(side)
+    try:
+        base = f"http://127.0.0.1:{side.port}"
+        text = requests.get(f"{base}/repofiles/mirror.repo", timeout=10).text
+        assert f"baseurl={base}/repos/kubernetes/" in text and "repo_gpgcheck=1" in text
+        with DnfRoot(tmp_path / "node") as node:
+            (node.reposdir / "mirror.repo").write_text(text)
+            node.install("--disableexcludes=kubernetes", "kubeadm", "containerd.io")
+            assert "kubeadm-1.28.2" in " ".join(node.installed())
+            assert any(n.startswith("gpg-pubkey-") for n in node.installed())
+        wait_http(f"http://{side.registry}/v2/")
+        for ref in IMAGES:
+            assert manifest_digest(f"{side.registry}/{ref}") == exports.before[ref]
+        for rel, sha in exports.files_before.items():
+            body = requests.get(f"{base}/files/{rel}", timeout=10).content
+            assert hashlib.sha256(body).hexdigest() == sha, rel
+        # Chart tarballs byte for byte; the index names them on this side's base_url.
+        outside_base = f"http://127.0.0.1:{exports.outside.port}"
+        for rel, data in exports.charts_before.items():
+            body = requests.get(f"{base}/charts/{rel}", timeout=10).content
+            assert body == data.replace(outside_base.encode(), base.encode()), rel
+        index = yaml.safe_load(requests.get(f"{base}/charts/stable/index.yaml", timeout=10).text)
+        assert index["entries"]["demo"][0]["urls"] == [f"{base}/charts/stable/demo-1.0.0.tgz"]
+    finally:
+        stop_process(proc)
