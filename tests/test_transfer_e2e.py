@@ -301,3 +301,75 @@ def test_full_import_serves_everything_upstreams_stopped(exports: Exports, tmp_p
         assert index["entries"]["demo"][0]["urls"] == [f"{base}/charts/stable/demo-1.0.0.tgz"]
     finally:
         stop_process(proc)
+
+
+def _manifest(path: Path) -> dict[str, object]:
+    with tarfile.open(path) as tar:
+        handle = tar.extractfile("manifest.json")
+        assert handle is not None
+        data: dict[str, object] = json.loads(handle.read())
+    return data
+
+
+def _state_of(side: Side, name: str) -> tuple[list[tuple[str, int, str]], list[object]]:
+    """What `mirror export` on the side lists: members (without the state/ records, whose
+    times differ) and images; the export itself copies every image out of the side's
+    registry and checks its digest."""
+    side.ok("export", str(side.dir / name))
+    doc = _manifest(side.dir / name)
+    members = doc["members"]
+    assert isinstance(members, list)
+    rows = sorted(
+        (m["path"], m["size"], m["sha256"]) for m in members if not m["path"].startswith("state/")
+    )
+    images = doc["images"]
+    assert isinstance(images, list)
+    return rows, images
+
+
+def test_delta_after_split_base_reproduces_the_full_state(exports: Exports, tmp_path: Path) -> None:
+    delta, full = exports.path("delta.tar"), exports.path("full2.tar")
+    # Much smaller: the unchanged 3 MiB file, packages and blobs stay with the base.
+    assert delta.stat().st_size * 5 < full.stat().st_size
+    doc = _manifest(delta)
+    assert doc["base"] == doc["base"] | {
+        "file": "base.tar",
+        "sha256": hashlib.sha256(_raw_manifest(exports.path("base.tar"))).hexdigest(),
+    }
+    members = {m["path"]: m for m in doc["members"]}  # type: ignore[union-attr]
+    assert not members["files/tools/big.bin"]["carried"]
+    assert members["files/tools/notes.txt"]["carried"]
+    busybox = next(i for i in doc["images"] if i["key"] == NEW_IMAGE)  # type: ignore[union-attr]
+    # Every blob of the new image is the base's: the import must fetch them back.
+    assert busybox["blobs"] and all(
+        not members[f"oci/blobs/sha256/{b.split(':')[1]}"]["carried"] for b in busybox["blobs"]
+    )
+
+    merged = inside(tmp_path, "merged")
+    parts = sorted(exports.dir.glob("split.tar.*"))
+    random.Random(3).shuffle(parts)
+    assert parts != sorted(parts)
+    merged.ok("import", *map(str, parts))
+    merged.ok("import", str(delta))
+    again = merged.ok("import", str(delta))  # applying it twice is harmless
+    assert "imported" in again.stdout
+    assert digests(merged) == exports.after
+
+    # Same base_url (chart indexes name it), its own data_dir and registry.
+    fresh = Side(tmp_path / "fresh", merged.port, free_port()).write()
+    fresh.ok("import", str(full))
+    (merged_members, merged_images), (fresh_members, fresh_images) = (
+        _state_of(merged, "check.tar"),
+        _state_of(fresh, "check.tar"),
+    )
+    assert set(merged_members) ^ set(fresh_members) == set()
+    assert merged_images == fresh_images
+    rpms = [p.name for p in (merged.data / "repos" / "kubernetes").rglob("kubeadm-*.rpm")]
+    assert any("1.28.3" in n for n in rpms)
+
+
+def _raw_manifest(path: Path) -> bytes:
+    with tarfile.open(path) as tar:
+        handle = tar.extractfile("manifest.json")
+        assert handle is not None
+        return handle.read()

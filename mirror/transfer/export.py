@@ -182,7 +182,9 @@ def build_manifest(
         config_text=config_text,
         registry=cfg.registry.url,
         base_url=cfg.base_url,
-        base=Base(file=Path(base[0]).name, sha256=base[2]) if base else None,
+        base=Base(file=Path(base[0]).name, sha256=base[2], state_sha256=base[1].state_sha256())
+        if base
+        else None,
         repos=repos,
         images=images,
         members=members,

@@ -87,16 +87,22 @@ def read_base_manifest(path: Path) -> tuple[Manifest, str]:
 
 
 def _check_base(cfg: Config, name: str, manifest: Manifest) -> Manifest | None:
+    """The imported manifest a delta builds on (the one named, or an export of the same
+    state); ArchiveError naming the base when there is none."""
     if manifest.base is None:
         return None
-    stored = transfer_dir(cfg) / "manifests" / f"{manifest.base.sha256}.json"
-    if not stored.is_file():
-        raise ArchiveError(
-            name,
-            f"is a delta on {manifest.base.file} (manifest sha256 {manifest.base.sha256[:16]}), "
-            f"which was never imported into {cfg.data_dir}: import {manifest.base.file} first",
-        )
-    return mf.parse(str(stored), stored.read_bytes())
+    stored = transfer_dir(cfg) / "manifests"
+    named = stored / f"{manifest.base.sha256}.json"
+    candidates = [named] if named.is_file() else sorted(stored.glob("*.json"))
+    for path in candidates:
+        found = mf.parse(str(path), path.read_bytes())
+        if path == named or found.state_sha256() == manifest.base.state_sha256:
+            return found
+    raise ArchiveError(
+        name,
+        f"is a delta on {manifest.base.file} (manifest sha256 {manifest.base.sha256[:16]}), "
+        f"which was never imported into {cfg.data_dir}: import {manifest.base.file} first",
+    )
 
 
 def _stream(

@@ -40,6 +40,9 @@ class Member(_Model):
 class Base(_Model):
     file: str  # the base archive (or manifest) file name, for messages
     sha256: str  # of the base's manifest.json bytes
+    # Of the base's member list (Manifest.state_sha256): another export of the very same
+    # state (say, split differently) is as good a base as the one named.
+    state_sha256: str = ""
 
 
 class RepoEntry(_Model):
@@ -73,6 +76,13 @@ class Manifest(_Model):
 
     def dump(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True).encode()
+
+    def state_sha256(self) -> str:
+        """Identifies the state an archive describes, whatever its parts or compression."""
+        digest = hashlib.sha256()
+        for m in sorted(self.members, key=lambda m: m.path):
+            digest.update(f"{m.path}\0{m.size}\0{m.sha256}\n".encode())
+        return digest.hexdigest()
 
     def member_map(self) -> dict[str, Member]:
         return {m.path: m for m in self.members}
