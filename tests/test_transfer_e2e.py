@@ -373,3 +373,111 @@ def _raw_manifest(path: Path) -> bytes:
         handle = tar.extractfile("manifest.json")
         assert handle is not None
         return handle.read()
+
+
+def _served_state(side: Side) -> dict[str, str]:
+    """Everything nodes are served from, plus the last import record."""
+    found = {}
+    for top in ("repos", "keys", "files", "charts"):
+        found.update({f"{top}/{k}": v for k, v in tree(side.data / top).items()})
+    found["last_import"] = (side.data / "state" / "transfer" / "last_import.json").read_text()
+    return found
+
+
+def _refused(side: Side, *files: Path) -> str:
+    before = _served_state(side)
+    proc = side.run("import", *map(str, files))
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mirror: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert _served_state(side) == before  # the previous state keeps serving
+    assert not (side.data / ".staging" / "import").exists()
+    return lines[0]
+
+
+def _craft(dest: Path, manifest: dict[str, object], extra: dict[str, bytes]) -> Path:
+    with tarfile.open(dest, "w") as tar:
+        for name, data in {"manifest.json": json.dumps(manifest).encode(), **extra}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+def test_damaged_archives_are_refused_and_the_previous_state_keeps_serving(
+    exports: Exports, tmp_path: Path
+) -> None:
+    side = inside(tmp_path, "inside")
+    side.ok("import", str(exports.path("base.tar.zst")))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+
+    # A flipped byte inside a member: named with its file and member.
+    flipped = bad / "flipped.tar"
+    shutil.copyfile(exports.path("base.tar"), flipped)
+    with tarfile.open(flipped) as tar:
+        offset = tar.getmember("files/tools/big.bin").offset_data + 1000
+    with flipped.open("r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    line = _refused(side, flipped)
+    assert "flipped.tar" in line and "files/tools/big.bin" in line and "sha256" in line
+
+    # Split parts: one truncated, one missing in the middle, the last one missing.
+    parts = sorted(exports.dir.glob("split.tar.*"))
+    copies = []
+    for part in parts:
+        copies.append(bad / part.name)
+        shutil.copyfile(part, copies[-1])
+    with copies[-2].open("r+b") as handle:
+        handle.truncate(copies[-2].stat().st_size // 2)
+    assert "truncated" in _refused(side, *copies)
+    assert "split.tar.001: missing part" in _refused(side, copies[0], *copies[2:])
+    line = _refused(side, *parts[:-1])
+    assert "truncated" in line and "missing" in line
+
+    # A member the manifest does not list, and a manifest naming a path outside its tree.
+    manifest = _manifest(exports.path("base.tar"))
+    line = _refused(side, _craft(bad / "extra.tar", manifest, {"repos/kubernetes/evil.rpm": b"x"}))
+    assert "repos/kubernetes/evil.rpm is not in manifest.json" in line
+    evil = dict(manifest)
+    evil["members"] = [
+        {"path": "../../etc/cron.d/x", "size": 1, "sha256": "0" * 64, "carried": True}
+    ]
+    assert "refusing member path '../../etc/cron.d/x'" in _refused(
+        side, _craft(bad / "dots.tar", evil, {})
+    )
+    # Not an export at all.
+    (bad / "plain.tar").write_bytes(b"\0" * 10240)
+    assert "manifest.json is not the first member" in _refused(side, bad / "plain.tar")
+
+    # The delta's base is base.tar; this side imported base.tar.zst (another export, same
+    # state): accepted. A side that imported nothing (or another state) is told what to import.
+    empty = inside(tmp_path, "empty")
+    empty.ok("import", str(exports.path("full2.tar")))
+    line = _refused(empty, exports.path("delta.tar"))
+    assert "delta on base.tar" in line and "import base.tar first" in line
+    side.ok("import", str(exports.path("delta.tar")))
+    assert digests(side) == exports.after
+
+
+def test_newest_n_applies_on_import(exports: Exports, tmp_path: Path) -> None:
+    side = inside(tmp_path, "inside", repo_filters={"kubernetes": {"newest": 1}})
+    side.ok("import", str(exports.path("full2.tar")))
+    kubeadm = sorted(
+        p.name for p in (side.data / "repos" / "kubernetes").rglob("kubeadm-*.x86_64.rpm")
+    )
+    assert len(kubeadm) == 1 and "1.28.3" in kubeadm[0]
+    outside = sorted(
+        p.name
+        for p in (exports.outside.data / "repos" / "kubernetes").rglob("kubeadm-*.x86_64.rpm")
+    )
+    assert len(outside) > 1
+    # The regenerated metadata is unsigned: the rendered .repo says so (as after a sync).
+    repofile = (side.data / "www" / "repofiles" / "mirror.repo").read_text()
+    assert "repo_gpgcheck=0" in repofile.split("[kubernetes]")[1].split("[")[0]
+    before = tree(side.data / "repos")
+    dry = side.ok("import", "--dry-run", str(exports.path("base.tar")))
+    assert "dry run, nothing published" in dry.stdout and tree(side.data / "repos") == before

@@ -131,8 +131,11 @@ def _stream(
             _extract(tar, info, staging / info.name, reader, member.sha256)
             seen.add(info.name)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        hint = ""
+        if len(reader.parts) > 1 and reader.index == len(reader.parts) - 1:
+            hint = f"; is a part after {Path(reader.current).name} missing?"
         raise ArchiveError(
-            reader.current, f"truncated or damaged archive after member {current} ({exc})"
+            reader.current, f"truncated or damaged archive at member {current} ({exc}){hint}"
         ) from None
     missing = [m.path for m in manifest.members if m.carried and m.path not in seen]
     if missing:

@@ -19,7 +19,7 @@ from mirror import fsutil, gpg, state
 from mirror.config import Config
 from mirror.errors import ArchiveError
 from mirror.http import file_matches
-from mirror.repofile import RepoDefinition, RepoTarget, load_definitions, parse_repo_file
+from mirror.repofile import RepoDefinition, RepoTarget, parse_repo_file
 from mirror.transfer.manifest import Manifest, Member
 from mirror.yum import publish
 from mirror.yum.checksums import ChecksumCache
@@ -35,7 +35,10 @@ def definitions(cfg: Config, staging: Path) -> tuple[dict[str, RepoDefinition], 
     """Repo definitions by id: repos_dir's, plus the archive's .repo files repos_dir has no
     file of that name for (a local one is kept: the inside may point elsewhere). Returns
     them and the staged files to install (by `install_definitions`, when publishing)."""
-    found = {d.id: d for d in load_definitions(cfg)} if cfg.repos_dir.is_dir() else {}
+    # Each file on its own: load_definitions would refuse a repo_filters entry for a repo
+    # only the archive defines (yet).
+    local = sorted(cfg.repos_dir.glob("*.repo")) if cfg.repos_dir.is_dir() else []
+    found = {d.id: d for path in local for d in parse_repo_file(path)}
     missing = []
     for path in sorted((staging / "definitions").glob("*.repo")):
         local = cfg.repos_dir / path.name
