@@ -37,8 +37,8 @@ def definitions(cfg: Config, staging: Path) -> tuple[dict[str, RepoDefinition], 
     them and the staged files to install (by `install_definitions`, when publishing)."""
     # Each file on its own: load_definitions would refuse a repo_filters entry for a repo
     # only the archive defines (yet).
-    local = sorted(cfg.repos_dir.glob("*.repo")) if cfg.repos_dir.is_dir() else []
-    found = {d.id: d for path in local for d in parse_repo_file(path)}
+    files = sorted(cfg.repos_dir.glob("*.repo")) if cfg.repos_dir.is_dir() else []
+    found = {d.id: d for path in files for d in parse_repo_file(path)}
     missing = []
     for path in sorted((staging / "definitions").glob("*.repo")):
         local = cfg.repos_dir / path.name
