@@ -279,6 +279,8 @@ def test_full_import_serves_everything_upstreams_stopped(exports: Exports, tmp_p
     proc = _serve(side)
     try:
         base = f"http://127.0.0.1:{side.port}"
+        page = requests.get(f"{base}/", timeout=10).text
+        assert 'id="last-import"' in page and "base.tar" in page
         text = requests.get(f"{base}/repofiles/mirror.repo", timeout=10).text
         assert f"baseurl={base}/repos/kubernetes/" in text and "repo_gpgcheck=1" in text
         with DnfRoot(tmp_path / "node") as node:

@@ -143,7 +143,7 @@ def is_content(path: str, images: list[ImageEntry]) -> bool:
 
 def _hash_all(sources: list[Source]) -> list[Member]:
     total = sum(s.file.stat().st_size for s in sources)
-    progress = progress_for("export: checksums", len(sources), total)
+    progress = progress_for("export", len(sources), total, "hashing")
     members = []
     try:
         for source in sources:
@@ -197,7 +197,7 @@ def write_archive(
 ) -> list[Path]:
     carried = [m for m in manifest.members if m.carried]
     total = sum(m.size for m in carried)
-    progress = progress_for(f"export: {dest.name}", len(carried), total)
+    progress = progress_for(f"export {dest.name}", len(carried), total, "writing")
     try:
         with archive.writing(dest, split, zstd) as (tar, writer):
             body = manifest.dump()

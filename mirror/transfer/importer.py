@@ -33,7 +33,7 @@ import zstandard
 from mirror import fsutil, state
 from mirror.config import Config
 from mirror.errors import ArchiveError
-from mirror.progress import progress_for
+from mirror.progress import Progress, progress_for
 from mirror.repofile import RepoTarget
 from mirror.transfer import archive, oci, publishers
 from mirror.transfer import manifest as mf
@@ -106,7 +106,12 @@ def _check_base(cfg: Config, name: str, manifest: Manifest) -> Manifest | None:
 
 
 def _stream(
-    tar: tarfile.TarFile, reader: archive.PartReader, name: str, manifest: Manifest, staging: Path
+    tar: tarfile.TarFile,
+    reader: archive.PartReader,
+    name: str,
+    manifest: Manifest,
+    staging: Path,
+    progress: Progress,
 ) -> None:
     members = manifest.member_map()
     seen: set[str] = set()
@@ -128,8 +133,9 @@ def _stream(
                     reader.current,
                     f"member {info.name}: size {info.size}, manifest says {member.size}",
                 )
-            _extract(tar, info, staging / info.name, reader, member.sha256)
+            _extract(tar, info, staging / info.name, reader, member.sha256, progress)
             seen.add(info.name)
+            progress.item_done(info.name)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         hint = ""
         if len(reader.parts) > 1 and reader.index == len(reader.parts) - 1:
@@ -147,8 +153,14 @@ def _stream(
 
 
 def _extract(
-    tar: tarfile.TarFile, info: tarfile.TarInfo, dest: Path, reader: archive.PartReader, sha256: str
+    tar: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    dest: Path,
+    reader: archive.PartReader,
+    sha256: str,
+    progress: Progress,
 ) -> None:
+    """One member into staging, hashed on the way (never held in memory whole)."""
     source = tar.extractfile(info)
     assert source is not None
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +169,7 @@ def _extract(
         while chunk := source.read(archive.CHUNK):
             digest.update(chunk)
             out.write(chunk)
+            progress.advance(len(chunk))
     if digest.hexdigest() != sha256:
         dest.unlink()
         raise ArchiveError(
@@ -171,19 +184,21 @@ def _read_and_verify(
     staging = staging_dir(cfg)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    total = sum(p.stat().st_size for p in parts)
-    progress = progress_for(f"import: {Path(name).name}", len(parts), total)
-    try:
-        with archive.reading(name, parts, progress.advance) as (tar, reader):
-            try:
-                raw = _first_member(tar, name)
-            except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-                raise ArchiveError(reader.current, f"cannot read {MANIFEST_NAME}: {exc}") from None
-            manifest = mf.parse(name, raw)
-            base = _check_base(cfg, name, manifest)
-            _stream(tar, reader, name, manifest, staging)
-    finally:
-        progress.close()
+    with archive.reading(name, parts) as (tar, reader):
+        try:
+            raw = _first_member(tar, name)
+        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+            raise ArchiveError(reader.current, f"cannot read {MANIFEST_NAME}: {exc}") from None
+        manifest = mf.parse(name, raw)
+        base = _check_base(cfg, name, manifest)
+        carried = [m for m in manifest.members if m.carried]
+        progress = progress_for(
+            f"import {Path(name).name}", len(carried), sum(m.size for m in carried), "verifying"
+        )
+        try:
+            _stream(tar, reader, name, manifest, staging, progress)
+        finally:
+            progress.close()
     return name, manifest, raw, base
 
 
