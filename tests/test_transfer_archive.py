@@ -148,3 +148,26 @@ def test_member_of_another_size_or_content_is_refused(tmp_path: Path) -> None:
     other = mf.Member(path="files/b", size=1, sha256="0" * 64)
     with pytest.raises(ArchiveError, match="1 members listed in manifest.json are missing"):
         _stream(tmp_path, _manifest([good, other]), _tar_with(tmp_path, [(info, data)]))
+
+
+def test_secrets_stay_outside() -> None:
+    from mirror.transfer.export import redacted
+
+    text = "[x]\nbaseurl=https://h/\nusername=u\npassword=hunter2\nproxy_password = p2\n"
+    out = redacted(text + "sync_token: s3cret\n")
+    assert "hunter2" not in out and "p2" not in out and "s3cret" not in out
+    assert "username=u" in out and "password=<redacted by mirror export>" in out
+
+
+@pytest.mark.parametrize("key", ["../x", "kubernetes/..", "kubernetes/9/../../x"])
+def test_repo_keys_leaving_repos_are_refused(key: str) -> None:
+    repo_id, *values = key.split("/")
+    entry = mf.RepoEntry(
+        key=key,
+        repo_id=repo_id,
+        values=[(f"v{i}", v) for i, v in enumerate(values)],
+        definition="k.repo",
+    )
+    raw = _manifest([]).model_copy(update={"repos": [entry]}).dump()
+    with pytest.raises(ArchiveError, match="refusing repo key"):
+        mf.parse("x.tar", raw)

@@ -483,3 +483,24 @@ def test_newest_n_applies_on_import(exports: Exports, tmp_path: Path) -> None:
     before = tree(side.data / "repos")
     dry = side.ok("import", "--dry-run", str(exports.path("base.tar")))
     assert "dry run, nothing published" in dry.stdout and tree(side.data / "repos") == before
+
+
+def test_an_archive_larger_than_the_free_disk_is_refused_before_staging(
+    exports: Exports, tmp_path: Path
+) -> None:
+    side = inside(tmp_path, "inside")
+    side.data.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(side.data)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        proc = side.run("import", str(exports.path("base.tar")))
+        assert proc.returncode == 1, proc.stderr
+        assert "base.tar: needs" in proc.stderr and "nothing was imported" in proc.stderr
+        assert (
+            not (side.data / "repos").exists() and not (side.data / ".staging" / "import").exists()
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(side.data)], check=False)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Callable, Iterator
@@ -99,11 +100,12 @@ def _sources(cfg: Config, scratch: Path) -> tuple[list[RepoEntry], list[ImageEnt
     repos, sources = _repo_sources(cfg, scratch)
     if cfg.repos_dir.is_dir():
         used = {r.definition for r in repos}
-        sources += [
-            Source(f"definitions/{p.name}", p)
-            for p in sorted(cfg.repos_dir.glob("*.repo"))
-            if p.name in used
-        ]
+        for path in sorted(cfg.repos_dir.glob("*.repo")):
+            if path.name in used:
+                copy = scratch / "definitions" / path.name
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                copy.write_text(redacted(path.read_text()))
+                sources.append(Source(f"definitions/{path.name}", copy))
     for kind in STATE_KINDS:
         sources += _tree(cfg.state_root / kind, f"state/{kind}")
     sources += _tree(cfg.data_dir / "files", "files")
@@ -123,6 +125,16 @@ def _sources(cfg: Config, scratch: Path) -> tuple[list[RepoEntry], list[ImageEnt
                 for d in sorted(reachable)
             ]
     return repos, images, sources
+
+
+# Secrets stay outside: an archive travels on a disk. Inside nobody fetches upstream, so a
+# definition without its password works the same there.
+_SECRET_RE = re.compile(r"^(\s*(?:password|proxy_password|sync_token)\s*[=:]\s*).+$", re.MULTILINE)
+
+
+def redacted(text: str) -> str:
+    """.repo or config text with passwords and the sync token replaced."""
+    return _SECRET_RE.sub(r"\1<redacted by mirror export>", text)
 
 
 def is_content(path: str, images: list[ImageEntry]) -> bool:
@@ -179,7 +191,7 @@ def build_manifest(
         created=state.now_iso(),
         config_file=str(cfg.config_path or ""),
         config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
-        config_text=config_text,
+        config_text=redacted(config_text),
         registry=cfg.registry.url,
         base_url=cfg.base_url,
         base=Base(file=Path(base[0]).name, sha256=base[2], state_sha256=base[1].state_sha256())

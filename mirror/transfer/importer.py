@@ -32,8 +32,8 @@ import zstandard
 
 from mirror import fsutil, state
 from mirror.config import Config
-from mirror.errors import ArchiveError
-from mirror.progress import Progress, progress_for
+from mirror.errors import ArchiveError, MirrorError
+from mirror.progress import Progress, human_bytes, progress_for
 from mirror.repofile import RepoTarget
 from mirror.transfer import archive, oci, publishers
 from mirror.transfer import manifest as mf
@@ -177,6 +177,17 @@ def _extract(
         )
 
 
+def _check_space(cfg: Config, name: str, needed: int) -> None:
+    """Refused before a byte is staged when the carried members cannot fit under data_dir
+    (staging and the published trees share its file system)."""
+    free = shutil.disk_usage(staging_dir(cfg)).free
+    if needed > free:
+        raise MirrorError(
+            f"{name}: needs {human_bytes(needed)} under data_dir ({cfg.data_dir}), "
+            f"only {human_bytes(free)} free; nothing was imported"
+        )
+
+
 def _read_and_verify(
     cfg: Config, files: list[Path]
 ) -> tuple[str, Manifest, bytes, Manifest | None]:
@@ -192,6 +203,7 @@ def _read_and_verify(
         manifest = mf.parse(name, raw)
         base = _check_base(cfg, name, manifest)
         carried = [m for m in manifest.members if m.carried]
+        _check_space(cfg, name, sum(m.size for m in carried))
         progress = progress_for(
             f"import {Path(name).name}", len(carried), sum(m.size for m in carried), "verifying"
         )

@@ -24,6 +24,7 @@ MAX_MANIFEST = 256 * 1024 * 1024  # a million members is ~150 MB of JSON
 # Every member lives under one of these; anything else is refused at import.
 TOP_DIRS = ("repos", "keys", "definitions", "state", "oci", "files", "charts")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
 
 class _Model(BaseModel):
@@ -124,6 +125,11 @@ def parse(source: str, data: bytes) -> Manifest:
         if not _SHA256_RE.match(member.sha256):
             raise ArchiveError(source, f"{MANIFEST_NAME}: bad sha256 for {member.path}")
         seen.add(member.path)
+    for repo in manifest.repos:
+        # Each becomes a directory under repos/ (publish_dir also refuses leaving it).
+        parts = [repo.repo_id, *(value for _, value in repo.values)]
+        if not all(_SEGMENT_RE.match(p) for p in parts) or repo.key != "/".join(parts):
+            raise ArchiveError(source, f"{MANIFEST_NAME}: refusing repo key {repo.key!r}")
     return manifest
 
 
