@@ -504,3 +504,21 @@ def test_an_archive_larger_than_the_free_disk_is_refused_before_staging(
         )
     finally:
         subprocess.run(["umount", "-l", str(side.data)], check=False)
+
+
+def test_registry_down_refuses_before_publishing_and_a_rerun_imports(
+    exports: Exports, tmp_path: Path
+) -> None:
+    side = inside(tmp_path, "inside")
+    side.write(registry={"url": side.registry, "embedded": False})  # nothing answers there
+    proc = side.run("import", str(exports.path("base.tar")))
+    assert proc.returncode == 3, proc.stderr
+    assert f"registry {side.registry} does not answer" in proc.stderr
+    assert (
+        not (side.data / "repos").exists() and not (side.dir / "repos" / "kubernetes.repo").exists()
+    )
+    assert not (side.data / ".staging" / "import").exists()
+    side.write()  # the embedded registry again: the same command now imports everything
+    side.ok("import", str(exports.path("base.tar")))
+    assert digests(side) == exports.before
+    assert (side.data / "repos" / "kubernetes" / "repodata" / "repomd.xml").is_file()

@@ -24,9 +24,10 @@ import json
 import logging
 import shutil
 import tarfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
@@ -39,6 +40,9 @@ from mirror.transfer import archive, oci, publishers
 from mirror.transfer import manifest as mf
 from mirror.transfer.manifest import MANIFEST_NAME, ImageEntry, Manifest
 from mirror.transfer.status import transfer_dir
+
+if TYPE_CHECKING:
+    from mirror.images.sync import ImageSession
 
 log = logging.getLogger("mirror")
 
@@ -259,49 +263,56 @@ def _targets(cfg: Config, name: str, manifest: Manifest) -> tuple[list[RepoTarge
 
 def _publish_all(cfg: Config, name: str, manifest: Manifest, base: Manifest | None) -> None:
     staging = staging_dir(cfg)
-    # Everything that can refuse the import first.
-    targets, definitions = _targets(cfg, name, manifest)
-    jobs = [publishers.prepare_repo(cfg, name, t, staging) for t in targets]
-    trees = {
-        top: publishers.prepare_tree(cfg, name, manifest, top, staging)
-        for top in ("files", "charts")
-    }
-    publishers.install_definitions(cfg, definitions)
-    for job in jobs:
-        publishers.publish_repo(cfg, name, job)
-    for top, moves in trees.items():
-        publishers.publish_tree(cfg, manifest, top, moves)
-    if manifest.images:
-        _images(cfg, name, manifest, base)
-    publishers.publish_state(cfg, manifest, staging)
+    with ExitStack() as stack:
+        session = None
+        if manifest.images:  # a registry that is down refuses the import before any publish
+            from mirror.images.registry import ensure_registry
+            from mirror.images.sync import image_session
+
+            stack.enter_context(ensure_registry(cfg))
+            session = stack.enter_context(image_session(cfg, 1))
+        # Everything that can refuse the import first.
+        targets, definitions = _targets(cfg, name, manifest)
+        jobs = [publishers.prepare_repo(cfg, name, t, staging) for t in targets]
+        trees = {
+            top: publishers.prepare_tree(cfg, name, manifest, top, staging)
+            for top in ("files", "charts")
+        }
+        images = _prepare_images(cfg, name, manifest, base, session) if session else None
+        publishers.install_definitions(cfg, definitions)
+        for job in jobs:
+            publishers.publish_repo(cfg, name, job)
+        for top, moves in trees.items():
+            publishers.publish_tree(cfg, manifest, top, moves)
+        if images is not None:
+            oci.push_images(cfg, staging / oci.OCI_DIR, *images)
+        publishers.publish_state(cfg, manifest, staging)
 
 
-def _images(cfg: Config, name: str, manifest: Manifest, base: Manifest | None) -> None:
-    from mirror.images.registry import ensure_registry
-    from mirror.images.sync import image_session
-
-    layout = staging_dir(cfg) / oci.OCI_DIR
-    with ensure_registry(cfg), image_session(cfg, 1) as session:
-        present: dict[str, str | None] = {}
-        for image in manifest.images:
-            for n in image.names:
-                dest = f"{cfg.registry.url}/{n}"
-                present[dest] = session.api.local_digest(dest, image.key)
-        wanted = [
-            i
-            for i in manifest.images
-            if any(present[f"{cfg.registry.url}/{n}"] != i.digest for n in i.names)
-        ]
-        base_images: list[ImageEntry] = list(base.images) if base else []
-        oci.fetch_base_blobs(
-            cfg,
-            layout,
-            wanted,
-            manifest.member_map(),
-            base_images,
-            manifest.base.file if manifest.base else name,
-        )
-        oci.push_images(cfg, layout, wanted, present)
+def _prepare_images(
+    cfg: Config, name: str, manifest: Manifest, base: Manifest | None, session: ImageSession
+) -> tuple[list[ImageEntry], dict[str, str | None]]:
+    """The images to push (some name lacks their digest) with every blob they need in the
+    staging layout (a delta's shared blobs fetched back), and what each name holds now."""
+    present: dict[str, str | None] = {}
+    for image in manifest.images:
+        for n in image.names:
+            dest = f"{cfg.registry.url}/{n}"
+            present[dest] = session.api.local_digest(dest, image.key)
+    wanted = [
+        i
+        for i in manifest.images
+        if any(present[f"{cfg.registry.url}/{n}"] != i.digest for n in i.names)
+    ]
+    oci.fetch_base_blobs(
+        cfg,
+        staging_dir(cfg) / oci.OCI_DIR,
+        wanted,
+        manifest.member_map(),
+        list(base.images) if base else [],
+        manifest.base.file if manifest.base else name,
+    )
+    return wanted, present
 
 
 def _record(cfg: Config, name: str, sha: str, raw: bytes, manifest: Manifest) -> None:
