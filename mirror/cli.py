@@ -103,7 +103,9 @@ def main(ctx: click.Context, config: str | None, verbose: bool, log_format: str)
 
 
 @main.command()
-@click.option("--only", type=click.Choice(content.names()), help="Sync only this kind of content.")
+@click.option(
+    "--only", type=click.Choice(content.names()), help="Sync only this kind of content."
+)
 @click.option(
     "--repo", "repo_ids", multiple=True, metavar="ID", help="Only this repo id (repeatable)."
 )

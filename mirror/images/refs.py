@@ -113,7 +113,9 @@ def parse_reference(text: str) -> ImageRef:
     if host == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     if not _PATH_RE.match(path):
-        raise BadReference(f"bad repository name {_shown(path)} (lowercase letters, digits, ._-/)")
+        raise BadReference(
+            f"bad repository name {_shown(path)} (lowercase letters, digits, ._-/)"
+        )
     if tag is None and digest is None:
         tag = "latest"
     return ImageRef(host, path, tag, digest)
