@@ -223,6 +223,10 @@ def exports(
         out.ok("sync")
         after = digests(out)
         out.ok("export", "--since", str(dest / "base.tar"), str(dest / "delta.tar"))
+        # The base may also be given as its split parts, or as its manifest.json alone.
+        out.ok("export", "--since", str(dest / "split.tar"), str(dest / "delta-split.tar"))
+        (dest / "base-manifest.json").write_bytes(_raw_manifest(dest / "base.tar"))
+        out.ok("export", "--since", str(dest / "base-manifest.json"), str(dest / "delta-json.tar"))
         out.ok("export", str(dest / "full2.tar"))
     finally:
         # Every upstream stops before any import: the tests below import with them gone.
@@ -266,6 +270,7 @@ def test_full_import_serves_everything_upstreams_stopped(exports: Exports, tmp_p
     side = inside(tmp_path, "inside")  # its own base_url, registry.url and empty data_dir
     done = side.ok("import", str(exports.path("base.tar")))
     assert "imported" in done.stdout
+    assert "import base.tar: verifying" in done.stderr  # progress as log lines (no terminal)
     # The .repo definitions came with the archive; status names the archive.
     assert {p.name for p in (side.dir / "repos").glob("*.repo")} == {
         "kubernetes.repo",
@@ -346,6 +351,15 @@ def test_delta_after_split_base_reproduces_the_full_state(exports: Exports, tmp_
     assert busybox["blobs"] and all(
         not members[f"oci/blobs/sha256/{b.split(':')[1]}"]["carried"] for b in busybox["blobs"]
     )
+
+    for other, base_file in (
+        ("delta-split.tar", "split.tar"),
+        ("delta-json.tar", "base-manifest.json"),
+    ):
+        same = _manifest(exports.path(other))
+        assert same["base"]["file"] == base_file  # type: ignore[index]
+        carried = {m["path"] for m in same["members"] if m["carried"]}  # type: ignore[union-attr]
+        assert carried == {p for p, m in members.items() if m["carried"]}
 
     merged = inside(tmp_path, "merged")
     parts = sorted(exports.dir.glob("split.tar.*"))
