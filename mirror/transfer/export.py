@@ -71,7 +71,9 @@ def _repo_sources(cfg: Config, scratch: Path) -> tuple[list[RepoEntry], list[Sou
         meta_dir = scratch / "repos" / target.key
         repomd = (published / REPOMD).read_bytes()
         records = parse_repomd(target.key, repomd, meta_dir)
-        for record in records:
+        # Only primary is read (for the package list), from a copy: parsing leaves files
+        # next to what it reads, and nothing may be written into the published tree.
+        for record in (r for r in records if r.type == "primary"):
             dest = meta_dir / record.href
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(published / record.href, dest)

@@ -124,9 +124,11 @@ def _stream(
         while (info := tar.next()) is not None:
             current = info.name
             member = members.get(info.name)
-            if member is None or not member.carried:
+            if member is None:
+                raise ArchiveError(reader.current, f"member {info.name} is not in {MANIFEST_NAME}")
+            if not member.carried:
                 raise ArchiveError(
-                    f"{reader.current}", f"member {info.name} is not in {MANIFEST_NAME}"
+                    reader.current, f"member {info.name}: {MANIFEST_NAME} says the base has it"
                 )
             if info.name in seen or not info.isreg():
                 raise ArchiveError(
