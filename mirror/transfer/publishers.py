@@ -183,7 +183,7 @@ def publish_tree(cfg: Config, manifest: Manifest, top: str, moves: list[tuple[Pa
     """Files in (chart indexes last, their urls moved to this mirror's base_url), then what
     the archive no longer lists removed (the tree equals the archive's)."""
     publish.refuse_symlinks(top, cfg.data_dir, [cfg.data_dir / top])
-    indexes = [m for m in moves if m[1].name == "index.yaml"]
+    indexes = [m for m in moves if top == "charts" and m[1].name == "index.yaml"]
     others = [m for m in moves if m not in indexes]
     for _, dest in moves:
         fsutil.ensure_dir(dest.parent)
