@@ -420,6 +420,7 @@ def _craft(dest: Path, manifest: dict[str, object], extra: dict[str, bytes]) -> 
     return dest
 
 
+@pytest.mark.reliability
 def test_damaged_archives_are_refused_and_the_previous_state_keeps_serving(
     exports: Exports, tmp_path: Path
 ) -> None:
@@ -499,6 +500,7 @@ def test_newest_n_applies_on_import(exports: Exports, tmp_path: Path) -> None:
     assert "dry run, nothing published" in dry.stdout and tree(side.data / "repos") == before
 
 
+@pytest.mark.reliability
 def test_an_archive_larger_than_the_free_disk_is_refused_before_staging(
     exports: Exports, tmp_path: Path
 ) -> None:
@@ -520,6 +522,7 @@ def test_an_archive_larger_than_the_free_disk_is_refused_before_staging(
         subprocess.run(["umount", "-l", str(side.data)], check=False)
 
 
+@pytest.mark.reliability
 def test_registry_down_refuses_before_publishing_and_a_rerun_imports(
     exports: Exports, tmp_path: Path
 ) -> None:
