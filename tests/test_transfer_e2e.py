@@ -253,6 +253,18 @@ def test_archive_is_plain_tar_with_manifest_first(exports: Exports) -> None:
     # Split parts are the one stream cut in pieces.
     parts = sorted(exports.dir.glob("split.tar.*"))
     assert len(parts) > 3
+    # Ordinary tools read them: GNU tar, and tar with zstd for the --zstd export.
+    listed = subprocess.run(
+        ["tar", "-tf", str(exports.path("base.tar"))], capture_output=True, text=True
+    )
+    assert listed.stdout.split() == names
+    if shutil.which("zstd"):
+        zst = subprocess.run(
+            ["tar", "--zstd", "-tf", str(exports.path("base.tar.zst"))],
+            capture_output=True,
+            text=True,
+        )
+        assert zst.returncode == 0 and zst.stdout.split()[0] == "manifest.json"
     joined = io.BytesIO(b"".join(p.read_bytes() for p in parts))
     with tarfile.open(fileobj=joined) as tar:
         assert tar.getnames() == names  # same state, same members, in the same order
@@ -539,3 +551,17 @@ def test_registry_down_refuses_before_publishing_and_a_rerun_imports(
     side.ok("import", str(exports.path("base.tar")))
     assert digests(side) == exports.before
     assert (side.data / "repos" / "kubernetes" / "repodata" / "repomd.xml").is_file()
+
+
+@pytest.mark.reliability
+def test_a_delta_refuses_when_base_content_is_gone(exports: Exports, tmp_path: Path) -> None:
+    side = inside(tmp_path, "inside")
+    side.ok("import", str(exports.path("base.tar")))
+    (side.data / "files" / "tools" / "big.bin").write_bytes(b"edited by hand")
+    line = _refused(side, exports.path("delta.tar"))
+    assert "files/tools/big.bin is expected from base.tar but not published here" in line
+    (side.data / "files" / "tools" / "big.bin").unlink()
+    rpm = next((side.data / "repos" / "kubernetes").rglob("kubectl-*.x86_64.rpm"))
+    rpm.unlink()
+    line = _refused(side, exports.path("delta.tar"))
+    assert f"package x86_64/{rpm.name} is neither in the archive nor published here" in line
