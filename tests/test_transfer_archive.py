@@ -171,3 +171,35 @@ def test_repo_keys_leaving_repos_are_refused(key: str) -> None:
     raw = _manifest([]).model_copy(update={"repos": [entry]}).dump()
     with pytest.raises(ArchiveError, match="refusing repo key"):
         mf.parse("x.tar", raw)
+
+
+def _files_archive(tmp_path: Path, zstd: bool) -> tuple[Path, bytes]:
+    data = random.Random(5).randbytes(200_000)
+    member = mf.Member(path="files/a.bin", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    body = _manifest([member]).dump()
+    dest = tmp_path / ("a.tar.zst" if zstd else "a.tar")
+    with archive.writing(dest, None, zstd) as (tar, writer):
+        tar.addfile(archive.tar_info("manifest.json", len(body)), io.BytesIO(body))
+        tar.addfile(archive.tar_info("files/a.bin", len(data)), io.BytesIO(data))
+    writer.commit()
+    return dest, data
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_zstd_stream_is_refused(tmp_path: Path, damage: str) -> None:
+    from mirror.config import Config
+
+    cfg = Config(data_dir=tmp_path / "data", repos_dir=tmp_path / "repos")
+    dest, data = _files_archive(tmp_path, zstd=True)
+    importer.import_archive(cfg, [dest])
+    assert (cfg.data_dir / "files" / "a.bin").read_bytes() == data
+    raw = bytearray(dest.read_bytes())
+    if damage == "truncate":
+        del raw[len(raw) // 2 :]
+    else:
+        raw[len(raw) // 2] ^= 0xFF
+    dest.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match="a.tar.zst"):
+        importer.import_archive(cfg, [dest])
+    assert (cfg.data_dir / "files" / "a.bin").read_bytes() == data
+    assert not (cfg.data_dir / ".staging" / "import").exists()
