@@ -86,6 +86,39 @@ def walk(root: Path) -> Iterator[os.DirEntry[str]]:
                     pending.append(entry.path)
 
 
+def first_symlink(data_dir: Path, roots: Iterable[Path]) -> Path | None:
+    """The first symlink on the path from data_dir down to each root (which must lie inside
+    data_dir), or anywhere below a root that is a directory; None when there is none.
+
+    Publishing moves and deletes below data_dir: through a planted link
+    (`data/repos/kubernetes -> /etc`) they would act outside it, so every kind refuses to
+    publish when this finds one (each raising its own error naming the path)."""
+    base = Path(os.path.abspath(data_dir))
+    for root in roots:
+        path = base
+        for part in Path(os.path.abspath(root)).relative_to(base).parts:
+            path = path / part
+            if path.is_symlink():
+                return path
+        if path.is_dir():
+            for entry in walk(path):  # d_type from the directory: no stat per file
+                if entry.is_symlink():
+                    return Path(entry.path)
+    return None
+
+
+def symlink_refusal(link: Path) -> str:
+    """The one wording of that refusal, for every kind's error."""
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    return (
+        f"refusing to publish: {link} is a symlink (to {target}); "
+        "nothing below data_dir may be one"
+    )
+
+
 def is_stale_temp(path: Path) -> bool:
     """A temp file whose writer is gone (killed mid-write): garbage, safe to delete."""
     pid = _temp_owner(path.name)

@@ -59,6 +59,18 @@ class RepoDefinition:
                     seen.append(name)
         return tuple(seen)
 
+    @property
+    def key_variables(self) -> tuple[str, ...]:
+        """The baseurl variables its gpgkey URLs use too: then each target has its own key
+        (pkgs.k8s.io publishes one per minor), published at keys/<id>/<value>....gpg."""
+        used = {name for url in self.gpgkeys for name in variables_in(url)}
+        return tuple(name for name in self.variables if name in used)
+
+    @property
+    def key_url_path(self) -> str:
+        """The key's path below /keys/, with the variables left for dnf to expand."""
+        return "/".join((self.id, *(f"${v}" for v in self.key_variables))) + ".gpg"
+
 
 @dataclass(frozen=True)
 class RepoTarget:
@@ -83,6 +95,12 @@ class RepoTarget:
     @property
     def baseurls(self) -> tuple[str, ...]:
         return tuple(expand(u, dict(self.values)) for u in self.definition.baseurls)
+
+    @property
+    def key_file(self) -> str:
+        """Where its keys are published, below keys/ (`kubernetes/v1.36.gpg`)."""
+        varying = self.definition.key_variables
+        return "/".join((self.repo_id, *(v for n, v in self.values if n in varying))) + ".gpg"
 
     @property
     def upstream(self) -> str:  # for status and messages (mirror.content.kind.Item)

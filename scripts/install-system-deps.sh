@@ -5,10 +5,10 @@ set -euo pipefail
 
 DEB_PKGS=(skopeo createrepo-c rpm dnf dnf-plugins-core docker-registry gnupg containerd
           shellcheck curl ca-certificates python3-venv chromium nginx-light systemd wrk
-          apache2-utils libarchive-tools)
+          apache2-utils libarchive-tools cpio)
 # EL names: the registry is docker-distribution (EPEL); rpm-build/rpm-sign carry rpmbuild.
 EL_PKGS=(skopeo createrepo_c rpm-build rpm-sign dnf-plugins-core gnupg2 containerd
-         docker-distribution ShellCheck curl python3 nginx chromium wrk httpd-tools bsdtar)
+         docker-distribution ShellCheck curl python3 nginx chromium wrk httpd-tools bsdtar cpio)
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

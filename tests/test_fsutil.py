@@ -140,3 +140,22 @@ def test_fsync_before_and_after_every_rename(tmp_path: Path) -> None:
     moved = first(events, "rename", f"{root}/d/s")
     assert 0 <= first(events, "fsync", f"{root}/s") < moved
     assert first(events, "fsync", f"{root}/d", moved) > moved
+
+
+def test_first_symlink_finds_links_on_and_deep_below_each_root(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    root = data / "charts" / "stable"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "x.tgz").write_bytes(b"x")
+    published_file = data / "files" / "calico.yaml"
+    assert fsutil.first_symlink(data, [root, published_file]) is None  # absent roots are fine
+    # Two levels below the root (the charts copy of this check used to look one level down).
+    deep = root / "a" / "b" / "evil"
+    deep.symlink_to(tmp_path)
+    assert fsutil.first_symlink(data, [root]) == deep
+    deep.unlink()
+    # On the way down from data_dir to a root.
+    (data / "files").symlink_to(tmp_path)
+    assert fsutil.first_symlink(data, [root, published_file]) == data / "files"
+    message = fsutil.symlink_refusal(data / "files")
+    assert str(data / "files") in message and str(tmp_path) in message

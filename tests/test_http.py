@@ -176,3 +176,58 @@ def test_partial_content_answers_never_loop(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert hits.count("/odd") == 3
+
+
+class _AuthRecorder:
+    """A loopback server recording each request's Authorization header; `redirect_to` makes
+    it answer 302 to that URL (another host name) for /start."""
+
+    def __init__(self, redirect_to: str | None = None) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen: list[str | None] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.headers.get("Authorization"))
+                if redirect_to and self.path == "/start":
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_credentials_are_not_sent_to_the_host_a_redirect_points_at() -> None:
+    # A .repo file's username/password belong to its baseurl's host; a redirect to a CDN (here
+    # "localhost" instead of "127.0.0.1") must not receive them (libcurl's default, which we
+    # rely on: no UNRESTRICTED_AUTH).
+    other = _AuthRecorder()
+    origin = _AuthRecorder(redirect_to=f"http://localhost:{other.port}/file")
+    try:
+        with Fetcher(retries=0) as fetcher:
+            opts = RequestOptions(username="repo-user", password="s3cret")
+            body = fetcher.get_bytes(f"http://127.0.0.1:{origin.port}/start", opts)
+        assert body == b"ok"
+        assert origin.seen and origin.seen[0] is not None and origin.seen[0].startswith("Basic ")
+        assert other.seen == [None]
+    finally:
+        origin.close()
+        other.close()

@@ -85,10 +85,13 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("k8s-upstream")
     key = make_gpg_key(root / "key")
+    # pkgs.k8s.io publishes one key per minor: v1.36 is signed with another one here, so a
+    # mirror keeping one key file per repo id (not per minor) fails dnf on one of them.
+    minor_key = make_gpg_key(root / "key-v1.36", "Kubernetes v1.36 Key")
     work = root / "work"
     for minor, versions in MINORS.items():
         lists = {"1.36.6": V1366, "1.36.5": V1365} if minor == "v1.36" else {}
-        minor_repo(root, key, versions, work, lists)
+        minor_repo(root, minor_key if minor == "v1.36" else key, versions, work, lists)
         crio_repo(root, key, minor, CRIO[minor], work)
     expiring = make_expiring_key(root / "expiring", days=10)
     shutil.copyfile(expiring, root / "expiring.asc")
@@ -103,6 +106,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(root, key, server, registry, expiring)
     registry.stop()
     kill_agent(key)
+    kill_agent(minor_key)
 
 
 @dataclass
@@ -233,6 +237,9 @@ def test_dnf_installs_each_minors_kubeadm_from_the_served_repo(
     served = requests.get(f"{synced.base_url}/repofiles/mirror.repo", timeout=10).text
     assert f"baseurl={synced.base_url}/repos/kubernetes/$kubernetes_minor/" in served
     assert f"baseurl={synced.base_url}/repos/cri-o/$kubernetes_minor/" in served
+    assert f"gpgkey={synced.base_url}/keys/kubernetes/$kubernetes_minor.gpg" in served
+    keys = synced.dir / "data" / "keys" / "kubernetes"
+    assert (keys / "v1.36.gpg").read_bytes() != (keys / "v1.35.gpg").read_bytes()
     with DnfRoot(tmp_path / "dnf") as dnf:
         (dnf.reposdir / "mirror.repo").write_text(served)
         vars_file = dnf.root / "etc" / "dnf" / "vars" / "kubernetes_minor"

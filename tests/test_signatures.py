@@ -244,6 +244,17 @@ def test_unsigned_package_refused_unless_gpgcheck_off(mirror: Mirror, tmp_path: 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert published.is_file()
 
+    # gpgcheck back on, upstream unchanged: not a no-op. The packages already published
+    # (mirrored while nothing was checked) are checked now, and the unsigned one is named.
+    repomd = mirror.data / "repos" / "kubernetes" / "repodata" / "repomd.xml"
+    live = sha256(repomd)
+    write_k8s_repo(mirror, True, [key_url(mirror)])
+    proc = mirror.sync("--repo", "kubernetes")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = failure_lines(proc)
+    assert f"package {pkg.nvra('x86_64')}: signature: not signed" in line
+    assert sha256(repomd) == live  # what was served stays served
+
 
 @pytest.mark.slow
 def test_rotated_key(mirror: Mirror, other_key: GpgKey, tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,24 +227,8 @@ def _prune(target: Path, new: set[str], previous: set[str]) -> None:
 
 
 def _refuse_symlinks(cfg: Config, repo: ChartRepo, roots: list[Path]) -> None:
-    """Nothing on the paths publish writes or prunes may be a symlink: moves and deletes
-    through one would leave data_dir."""
-    base = Path(os.path.abspath(cfg.data_dir))
-    for root in roots:
-        path = base
-        for part in Path(os.path.abspath(root)).relative_to(base).parts:
-            path = path / part
-            if path.is_symlink():
-                raise ChartSyncError(
-                    repo.key,
-                    f"refusing to publish: {path} is a symlink (to {os.readlink(path)}); "
-                    "nothing below data_dir may be one",
-                )
-        if path.is_dir():
-            for entry in path.iterdir():
-                if entry.is_symlink():
-                    raise ChartSyncError(
-                        repo.key,
-                        f"refusing to publish: {entry} is a symlink; "
-                        "nothing below data_dir may be one",
-                    )
+    """Nothing on or below the paths publish writes or prunes may be a symlink: moves and
+    deletes through one would leave data_dir."""
+    link = fsutil.first_symlink(cfg.data_dir, roots)
+    if link is not None:
+        raise ChartSyncError(repo.key, fsutil.symlink_refusal(link))

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -86,13 +85,9 @@ def published_path(cfg: Config, entry: FileEntry) -> Path:
 def refuse_symlinks(cfg: Config, entry: FileEntry) -> None:
     """Nothing between data_dir and the published file may be a symlink: a planted link
     (`data/files/calico -> /etc`) would make the rename write outside data_dir."""
-    path = cfg.data_dir
-    for part in (files_root(cfg).relative_to(cfg.data_dir) / entry.path).parts:
-        path = path / part
-        if path.is_symlink():
-            raise FileSyncError(
-                entry.path, f"refusing to publish: {path} is a symlink (to {os.readlink(path)})"
-            )
+    link = fsutil.first_symlink(cfg.data_dir, [published_path(cfg, entry)])
+    if link is not None:
+        raise FileSyncError(entry.path, fsutil.symlink_refusal(link))
 
 
 def sync_file(

@@ -44,7 +44,7 @@ class PatchFreshness:
 
 @dataclass(frozen=True)
 class KeyExpiry:
-    repo: str  # data_dir/keys/<repo>.gpg
+    repo: str  # the repo id: data_dir/keys/<repo>.gpg or keys/<repo>/<minor>.gpg
     fingerprint: str
     uid: str
     expires: int | None  # seconds since the epoch; None: never
@@ -91,20 +91,24 @@ def _key_info(path: str, mtime_ns: int, size: int) -> tuple[gpg.KeyInfo, ...]:
 
 
 def key_expiries(cfg: Config, now: float | None = None) -> list[KeyExpiry]:
-    """Every primary key of every repo key file, soonest expiry first."""
+    """Every primary key of every repo key file, soonest expiry first. Keys are stored per
+    target when they vary (keys/cri-o/v1.36.gpg); one key in several minors' files is
+    listed once, under its repo id."""
     moment = time.time() if now is None else now
-    out = []
-    for path in sorted(cfg.keys_root.glob("*.gpg")) if cfg.keys_root.is_dir() else []:
+    out: dict[tuple[str, str], KeyExpiry] = {}
+    for path in sorted(cfg.keys_root.rglob("*.gpg")) if cfg.keys_root.is_dir() else []:
         try:
             st = path.stat()
             keys = _key_info(str(path), st.st_mtime_ns, st.st_size)
         except (OSError, MirrorError) as exc:  # unreadable file, or no gpg on this host
             log.warning("%s: cannot read keys: %s", path, exc)
             continue
+        repo = path.relative_to(cfg.keys_root).parts[0].removesuffix(".gpg")
         for key in keys:
             days, level = expiry_level(key.expires, moment)
-            out.append(KeyExpiry(path.stem, key.fingerprint, key.uid, key.expires, days, level))
-    return sorted(out, key=lambda k: (k.expires is None, k.expires or 0, k.repo))
+            found = KeyExpiry(repo, key.fingerprint, key.uid, key.expires, days, level)
+            out.setdefault((repo, key.fingerprint), found)
+    return sorted(out.values(), key=lambda k: (k.expires is None, k.expires or 0, k.repo))
 
 
 def freshness(cfg: Config) -> dict[str, Any]:

@@ -16,6 +16,7 @@ Results are cached per version under data_dir/state/kubeadm/, keyed by the rpm's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -29,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from mirror import fsutil
 from mirror.config import Config
@@ -109,35 +111,44 @@ def _extract_argv(rpm: Path, dest: Path) -> list[list[str]]:
 
 
 def _run_pipeline(argvs: list[list[str]]) -> str | None:
-    """Run argv lists connected by pipes (no shell); None on success, else the reason."""
+    """Run argv lists connected by pipes (no shell); None on success, else the reason.
+
+    Each process's stderr goes to its own temp file, not a pipe: with pipes, a process
+    filling its stderr while we wait on another would block, and the pipeline with it."""
     procs: list[subprocess.Popen[bytes]] = []
-    stdin: int | None = subprocess.DEVNULL
-    try:
-        for i, argv in enumerate(argvs):
-            last = i == len(argvs) - 1
-            proc = subprocess.Popen(
-                argv,
-                stdin=stdin if i == 0 else procs[-1].stdout,
-                stdout=subprocess.DEVNULL if last else subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            if i > 0 and procs[-1].stdout is not None:
-                procs[-1].stdout.close()  # the next process owns the pipe now
-            procs.append(proc)
-        errors = []
-        for proc in reversed(procs):
-            _, err = proc.communicate(timeout=EXTRACT_TIMEOUT)
-            if proc.returncode != 0:
-                name = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
-                # The first line is the cause; bsdtar's last is "Error exit delayed ...".
-                text = err.decode(errors="replace").strip().splitlines()
-                errors.append(f"{name} exited {proc.returncode}: {text[0] if text else ''}")
-        return "; ".join(errors) or None
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    errs: list[IO[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            for i, argv in enumerate(argvs):
+                last = i == len(argvs) - 1
+                errs.append(stack.enter_context(tempfile.TemporaryFile()))
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL if i == 0 else procs[-1].stdout,
+                    stdout=subprocess.DEVNULL if last else subprocess.PIPE,
+                    stderr=errs[-1],
+                )
+                if i > 0 and procs[-1].stdout is not None:
+                    procs[-1].stdout.close()  # the next process owns the pipe now
+                procs.append(proc)
+            deadline = time.monotonic() + EXTRACT_TIMEOUT
+            for proc in procs:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            failed = [_failure(p, err) for p, err in zip(procs, errs, strict=True) if p.returncode]
+            return "; ".join(failed) or None
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+def _failure(proc: subprocess.Popen[bytes], err: IO[bytes]) -> str:
+    name = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
+    err.seek(0)
+    # The first line is the cause; bsdtar's last is "Error exit delayed ...".
+    text = err.read(MAX_OUTPUT).decode(errors="replace").strip().splitlines()
+    return f"{name} exited {proc.returncode}: {text[0] if text else ''}"
 
 
 def extract(pkg: KubePackage, dest: Path) -> Path:

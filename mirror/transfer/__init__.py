@@ -10,7 +10,7 @@ Members live under fixed top directories:
     definitions/<file>.repo           the .repo files the exported repos came from
     repos/<key>/repodata/...          repomd.xml (+ .asc) and the metadata it names, as published
     repos/<key>/<href>                the packages the live primary lists
-    keys/<repo_id>.gpg                repo keys
+    keys/<repo_id>[/<value>].gpg      repo keys (per target where the gpgkey URL varies)
     oci/                              one OCI image layout: every mirrored image, all platforms,
                                       original digests, shared blobs stored once
     files/<path>, charts/<repo>/...   mirrored files; chart tarballs and index.yaml

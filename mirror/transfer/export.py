@@ -26,6 +26,7 @@ from mirror.repofile import expand_targets, load_definitions
 from mirror.transfer import archive, oci
 from mirror.transfer.manifest import Base, ImageEntry, Manifest, Member, RepoEntry
 from mirror.yum.metadata import REPOMD, UpstreamMetadata, parse_packages, parse_repomd
+from mirror.yum.sync import key_path
 
 log = logging.getLogger("mirror")
 STATE_KINDS = ("images", "files", "charts")
@@ -84,9 +85,9 @@ def _repo_sources(cfg: Config, scratch: Path) -> tuple[list[RepoEntry], list[Sou
             hrefs.append(REPOMD + ".asc")
         hrefs += sorted({p.href for p in parse_packages(target.key, meta)})
         sources += [Source(f"{prefix}/{href}", published / href) for href in hrefs]
-        key = cfg.keys_root / f"{target.repo_id}.gpg"
+        key = key_path(cfg, target)
         if key.is_file() and not any(s.file == key for s in sources):
-            sources.append(Source(f"keys/{key.name}", key))
+            sources.append(Source(f"keys/{target.key_file}", key))
         entries.append(
             RepoEntry(
                 key=target.key,

@@ -26,7 +26,13 @@ from mirror.yum.checksums import ChecksumCache
 from mirror.yum.metadata import REPOMD, UpstreamMetadata, parse_packages, parse_repomd
 from mirror.yum.plan import Plan, make_plan
 from mirror.yum.signatures import StreamingVerifier
-from mirror.yum.sync import _fingerprint, key_path, publish_dir
+from mirror.yum.sync import (
+    _fingerprint,
+    _verified_stamp,
+    _verify_published,
+    key_path,
+    publish_dir,
+)
 
 log = logging.getLogger("mirror")
 
@@ -64,10 +70,11 @@ class RepoJob:
     meta: UpstreamMetadata
     plan: Plan
     keys: bytes
+    stamp: str | None  # the key set every published package was checked with (gpgcheck)
 
 
-def _keys(cfg: Config, staging: Path, repo_id: str) -> bytes:
-    for path in (staging / "keys" / f"{repo_id}.gpg", key_path(cfg, repo_id)):
+def _keys(cfg: Config, staging: Path, target: RepoTarget) -> bytes:
+    for path in (staging / "keys" / target.key_file, key_path(cfg, target)):
         if path.is_file():
             return path.read_bytes()
     return b""
@@ -85,7 +92,7 @@ def prepare_repo(cfg: Config, name: str, target: RepoTarget, staging: Path) -> R
             raise ArchiveError(name, f"repo {key}: {record.href} does not match its repomd.xml")
     asc_path = stage / (REPOMD + ".asc")
     signature = asc_path.read_bytes() if asc_path.is_file() else None
-    keys = _keys(cfg, staging, target.repo_id)
+    keys = _keys(cfg, staging, target)
     if target.definition.repo_gpgcheck and signature is not None:
         try:
             gpg.verify_detached(repomd, signature, keys)
@@ -104,12 +111,15 @@ def prepare_repo(cfg: Config, name: str, target: RepoTarget, staging: Path) -> R
                 f"repo {key}: package {pkg.href} is neither in the archive nor published here "
                 "(a delta needs its base imported first)",
             )
+    # gpgcheck as a sync does it: packages kept from the published copy were checked with
+    # these keys (the stamp) or are checked now; the new ones are checked here, in staging.
+    stamp = _verify_published(cfg, target, plan, published, keys)
     if target.definition.gpgcheck and plan.to_download:
         with StreamingVerifier(key, keys) as verifier:
             for pkg in plan.to_download:
                 verifier.add(stage / pkg.href, pkg.nevra)
             verifier.finish()
-    return RepoJob(target, stage, meta, plan, keys)
+    return RepoJob(target, stage, meta, plan, keys, stamp)
 
 
 def publish_repo(cfg: Config, name: str, job: RepoJob) -> None:
@@ -120,7 +130,7 @@ def publish_repo(cfg: Config, name: str, job: RepoJob) -> None:
         [cfg.repos_root.joinpath(*target.subpath), job.stage, cfg.keys_root],
     )
     if job.keys:
-        fsutil.atomic_write(key_path(cfg, target.repo_id), job.keys)
+        fsutil.atomic_write(key_path(cfg, target), job.keys)
     if plan.filtered:
         source = job.stage.parent / f".generated-{target.key.replace('/', '_')}"
         repomd, hrefs = publish.generate_filtered_metadata(target.key, meta, plan.selected, source)
@@ -138,6 +148,8 @@ def publish_repo(cfg: Config, name: str, job: RepoJob) -> None:
     checksums = ChecksumCache(cfg.state_root / "checksums" / f"{target.key}.json")
     checksums.record(published, plan.to_download)
     checksums.save(plan.selected)
+    if job.stamp is not None:
+        fsutil.atomic_write_text(_verified_stamp(cfg, target), job.stamp)
     record = state.load(cfg.state_root, "repos", target.key)
     record.upstream = f"archive {Path(name).name}"
     record.last_attempt = record.last_success = state.now_iso()

@@ -119,7 +119,7 @@ server {{
         }}
     }}
 
-    # Repo keys: <data_dir>/keys/<repo-id>.gpg.
+    # Repo keys: <data_dir>/keys/<repo-id>.gpg, or keys/<repo-id>/<minor>.gpg when they vary.
     location ^~ /keys/ {{
         types {{
             application/pgp-keys gpg;

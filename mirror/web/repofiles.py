@@ -39,7 +39,7 @@ def repo_stanza(definition: RepoDefinition, cfg: Config) -> str:
     else:
         lines.append(f"repo_gpgcheck={int(definition.repo_gpgcheck)}")
     if definition.gpgkeys:
-        lines.append(f"gpgkey={cfg.base_url}/keys/{definition.id}.gpg")
+        lines.append(f"gpgkey={cfg.base_url}/keys/{definition.key_url_path}")
     if definition.exclude:
         lines.append(f"exclude={' '.join(definition.exclude)}")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from werkzeug.security import safe_join
 from werkzeug.wsgi import wrap_file
 
 from mirror.config import Config
-from mirror.repofile import RepoDefinition
+from mirror.repofile import RepoDefinition, expand_targets
 from mirror.web import documents
 
 bp = Blueprint("repos", __name__)
@@ -151,9 +151,13 @@ def one_repofile(repo_id: str) -> Response:
     abort(404)
 
 
-@bp.get("/keys/<repo_id>.gpg")
-def repo_key(repo_id: str) -> Response:
-    if not any(d.id == repo_id for d in _definitions()):
+@bp.get("/keys/<path:name>")
+def repo_key(name: str) -> Response:
+    # Only the key files of configured targets (`docker-ce-stable.gpg`, `kubernetes/v1.36.gpg`):
+    # the name is matched against them, never joined onto keys_root as the client sent it.
+    cfg = _cfg()
+    known = {target.key_file for target in expand_targets(_definitions(), cfg)}
+    if name not in known:
         abort(404)
-    root = _cfg().keys_root
-    return send_consistent(root / f"{repo_id}.gpg", "application/pgp-keys", root=root)
+    root = cfg.keys_root
+    return send_consistent(root / name, "application/pgp-keys", root=root)

@@ -66,26 +66,9 @@ class Generation:
 def refuse_symlinks(repo: str, data_dir: Path, roots: Iterable[Path]) -> None:
     """Raise RepoSyncError naming the first symlink on, or anywhere below, each root (which
     must lie inside data_dir): moves and deletes through it would leave data_dir."""
-    base = Path(os.path.abspath(data_dir))
-    for root in roots:
-        path = base
-        for part in Path(os.path.abspath(root)).relative_to(base).parts:
-            path = path / part
-            _refuse_link(repo, path)
-        if not path.is_dir():
-            continue
-        for entry in fsutil.walk(path):  # d_type from the directory: no stat per file
-            if entry.is_symlink():
-                _refuse_link(repo, Path(entry.path))
-
-
-def _refuse_link(repo: str, path: Path) -> None:
-    if path.is_symlink():
-        raise RepoSyncError(
-            repo,
-            f"refusing to publish: {path} is a symlink (to {os.readlink(path)}); "
-            "nothing below data_dir may be one",
-        )
+    link = fsutil.first_symlink(data_dir, roots)
+    if link is not None:
+        raise RepoSyncError(repo, fsutil.symlink_refusal(link))
 
 
 def move_packages(packages: Iterable[PackageRef], staging: Path, target: Path) -> None:

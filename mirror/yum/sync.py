@@ -9,6 +9,7 @@ left exactly as it was. The per-target loop, state and errors are mirror.content
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -57,8 +58,8 @@ def _options(target: RepoTarget) -> RequestOptions:
     return RequestOptions(d.sslverify, d.proxy, d.username, d.password)
 
 
-def key_path(cfg: Config, repo_id: str) -> Path:
-    return cfg.keys_root / f"{repo_id}.gpg"
+def key_path(cfg: Config, target: RepoTarget) -> Path:
+    return cfg.keys_root / target.key_file
 
 
 def fetch_keys(target: RepoTarget, fetcher: Fetcher, opts: RequestOptions) -> bytes:
@@ -108,6 +109,10 @@ def _fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
     """Identifies what a published copy was made from: upstream repomd.xml and our filter."""
     rule = cfg.repo_filters.get(target.repo_id)
     text = hashlib.sha256(repomd).hexdigest() + "|" + (rule.model_dump_json() if rule else "")
+    if target.definition.gpgcheck:
+        # Turning gpgcheck on (or changing its keys) must not be a no-op: the packages already
+        # published then get checked too (_verify_published).
+        text += "|gpgcheck=" + " ".join(target.gpgkeys)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -184,12 +189,15 @@ def sync_target(
     # Stage 5: download into staging, after making sure it can fit (a primary claiming
     # terabytes must not fill data_dir before a checksum could catch it).
     check_space(target.key, plan, staging / "packages", data_dir=cfg.data_dir)
+    checked = _verify_published(cfg, target, plan, published, keys)
     _download(target, baseurl, plan, staging / "packages", fetcher, keys)
 
     # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
     _publish(cfg, target, meta, plan, keys, published, staging)
     checksums.record(published, plan.to_download)
     checksums.save(plan.selected)
+    if checked is not None:
+        fsutil.atomic_write_text(_verified_stamp(cfg, target), checked)
     shutil.rmtree(staging, ignore_errors=True)
     return RepoResult(
         target.key,
@@ -209,7 +217,7 @@ def _up_to_date(
     return (
         previous.fingerprint == fingerprint
         and (published / REPOMD).exists()
-        and (key_path(cfg, target.repo_id).exists() or not target.gpgkeys)
+        and (key_path(cfg, target).exists() or not target.gpgkeys)
     )
 
 
@@ -261,6 +269,38 @@ def _plan(
     return plan
 
 
+def _verified_stamp(cfg: Config, target: RepoTarget) -> Path:
+    """Records the keys (sha256) every published package of the target was checked with."""
+    return state.keyed_file(cfg.state_root / "verified", target.key)
+
+
+def _verify_published(
+    cfg: Config, target: RepoTarget, plan: Plan, published: Path, keys: bytes
+) -> str | None:
+    """With gpgcheck=1: the packages kept from the published copy were checked with these keys
+    (the stamp says so), or they are checked now, before anything new is published: a repo
+    mirrored while gpgcheck was off, or before a key change, is not trusted blindly.
+    Returns the stamp to record after the publish; None when gpgcheck is off."""
+    path = _verified_stamp(cfg, target)
+    if not target.definition.gpgcheck:
+        # Removed before this unchecked publish, so a crash cannot leave a stale stamp.
+        fsutil.unlink_durable(path)
+        return None
+    stamp = hashlib.sha256(keys).hexdigest()
+    with contextlib.suppress(OSError):
+        if path.read_text() == stamp:
+            return stamp
+    new = {p.href for p in plan.to_download}
+    kept = [p for p in plan.selected if p.href not in new]
+    if kept:
+        log.info("%s: checking signatures of %d published packages", target.key, len(kept))
+        with StreamingVerifier(target.key, keys) as verifier:
+            for pkg in kept:
+                verifier.add(published / pkg.href, pkg.nevra)
+            verifier.finish()
+    return stamp
+
+
 def _download(
     target: RepoTarget,
     baseurl: str,
@@ -304,7 +344,7 @@ def _publish(
         [cfg.repos_root.joinpath(*target.subpath), staging, cfg.keys_root],
     )
     if keys:
-        fsutil.atomic_write(key_path(cfg, target.repo_id), keys)
+        fsutil.atomic_write(key_path(cfg, target), keys)
     if plan.filtered:
         source = staging / "generated"
         repomd, hrefs = publish.generate_filtered_metadata(target.key, meta, plan.selected, source)

@@ -229,18 +229,24 @@ put_file /etc/dnf/vars/kubernetes_minor "$TMPD/kubernetes_minor"
 
 step "gpg keys"
 for repo in kubernetes "$RUNTIME_REPO"; do
-    # Only repos whose stanza names a gpgkey have one on the mirror.
-    if ! awk -v sec="[$repo]" '$0 == sec {s = 1; next} /^\[/ {s = 0} s && /^gpgkey=/ {f = 1} END {exit !f}' \
-        "$TMPD/mirror.repo"; then
+    # Only repos whose stanza names a gpgkey have one on the mirror. Its URL may carry dnf
+    # variables (keys/kubernetes/$kubernetes_minor.gpg: one key per minor); expanded here
+    # with the values dnf will use.
+    url="$(awk -v sec="[$repo]" '$0 == sec {s = 1; next} /^\[/ {s = 0} s && /^gpgkey=/ {sub(/^gpgkey=/, ""); print; exit}' \
+        "$TMPD/mirror.repo")"
+    if [ -z "$url" ]; then
         note "no key for $repo"
         continue
     fi
+    url="${url//"\$kubernetes_minor"/v${K8S_VERSION%.*}}"
+    url="${url//"\$releasever"/$RELEASEVER}"
+    url="${url//"\$basearch"/$(uname -m)}"
     key="$TMPD/$repo.gpg"
-    fetch "$MIRROR/keys/$repo.gpg" "$key"
+    fetch "$url" "$key"
     # Which gpg-pubkey-VERSION-RELEASE the file yields: import it into a scratch rpmdb.
     db="$TMPD/keydb-$repo"
     mkdir -p "$db"
-    rpm --dbpath "$db" --import "$key" || die "$MIRROR/keys/$repo.gpg is not a valid GPG key"
+    rpm --dbpath "$db" --import "$key" || die "$url is not a valid GPG key"
     missing=0
     while read -r nvr; do
         rpm_installed "$nvr" || missing=1
@@ -248,7 +254,7 @@ for repo in kubernetes "$RUNTIME_REPO"; do
     if [ "$missing" -eq 0 ]; then
         unchanged "key of $repo already imported"
     elif is_dry; then
-        would "rpm --import $MIRROR/keys/$repo.gpg"
+        would "rpm --import $url"
     else
         "${RPM[@]}" --import "$key"
         changed "imported key of $repo"
