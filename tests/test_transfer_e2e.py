@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -547,7 +548,26 @@ def test_registry_down_refuses_before_publishing_and_a_rerun_imports(
         not (side.data / "repos").exists() and not (side.dir / "repos" / "kubernetes.repo").exists()
     )
     assert not (side.data / ".staging" / "import").exists()
-    side.write()  # the embedded registry again: the same command now imports everything
+    side.write()  # the embedded registry again, but no programs on PATH: exit 3 too
+    env = {**os.environ, "PATH": str(tmp_path / "nothing-here")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirror",
+            "-c",
+            str(side.config),
+            "import",
+            str(exports.path("base.tar")),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert not (side.data / "repos").exists()
+    # With the programs back, the same command imports everything.
     side.ok("import", str(exports.path("base.tar")))
     assert digests(side) == exports.before
     assert (side.data / "repos" / "kubernetes" / "repodata" / "repomd.xml").is_file()
