@@ -334,6 +334,11 @@ from mirror.prune.cli import prune  # noqa: E402
 
 main.add_command(prune)
 
+from mirror.transfer.cli import export_command, import_command  # noqa: E402
+
+main.add_command(export_command)
+main.add_command(import_command)
+
 
 def run() -> None:
     main(prog_name="mirror")

@@ -87,3 +87,14 @@ class LocalDiskError(MirrorError):
 
 class PruneError(MirrorError):
     """`mirror prune` cannot safely decide or do what to remove; nothing more is removed."""
+
+
+class ArchiveError(MirrorError):
+    """An export archive (or one of its parts, or a member) is unusable: truncated, tampered,
+    not ours, a delta onto the wrong base. `source` names the file (and member)."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source

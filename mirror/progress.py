@@ -21,13 +21,13 @@ class Progress(Protocol):
 class _LogProgress:
     """Logs every 10% of items so a cron mail stays short but shows the sync is alive."""
 
-    def __init__(self, label: str, items: int, nbytes: int) -> None:
+    def __init__(self, label: str, items: int, nbytes: int, verb: str = "downloading") -> None:
         self.label, self.items, self.nbytes = label, items, nbytes
         self.done = 0
         self.bytes = 0
         self._next_report = max(1, items // 10)
         self._lock = threading.Lock()
-        log.info("%s: downloading %d files, %s", label, items, human_bytes(nbytes))
+        log.info("%s: %s %d files, %s", label, verb, items, human_bytes(nbytes))
 
     def advance(self, nbytes: int) -> None:
         with self._lock:
@@ -80,10 +80,12 @@ class _BarProgress:
         self.bar.close()
 
 
-def progress_for(label: str, items: int, nbytes: int) -> Progress:
+def progress_for(label: str, items: int, nbytes: int, verb: str = "downloading") -> Progress:
+    """A bar on a terminal, else a log line at the start and every 10% of items; `verb`
+    says what is done to the files in that first line (export: "hashing", "writing")."""
     if sys.stderr.isatty():
         return _BarProgress(label, items, nbytes)
-    return _LogProgress(label, items, nbytes)
+    return _LogProgress(label, items, nbytes, verb)
 
 
 def human_bytes(n: float) -> str:

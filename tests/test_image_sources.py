@@ -48,9 +48,7 @@ def test_images_list_why_names_every_source(tmp_path: Path, gpg_key: GpgKey) -> 
     why = dict(line.split("  ", 1) for line in listed.stdout.splitlines())
     assert why["registry.k8s.io/pause:3.9"] == "(kubeadm v1.28.4)"
     # images.txt:3 and the chart's values.yaml name the same image: one job, both sources.
-    assert why["docker.io/library/nginx:1.27"] == (
-        "(images.txt:3; charts:web-1.2.0 (values.yaml))"
-    )
+    assert why["docker.io/library/nginx:1.27"] == ("(images.txt:3; charts:web-1.2.0 (values.yaml))")
     assert why["docker.io/library/busybox:1.36"] == "(images.txt:4)"
     assert why["docker.io/calico/node:v3.28.2"] == "(files:calico.yml)"
     assert why["quay.io/example/web:1.2.0"] == "(charts:web-1.2.0 (Chart.yaml))"

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from mirror import __version__, content, diskuse, state, tls
 from mirror.config import Config
+from mirror.transfer.status import last_import
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +72,7 @@ def status_document(cfg: Config, check_registry: bool = True) -> dict[str, Any]:
         "tls": tls_doc,
         **rows,
         "commands": commands,
+        "last_import": last_import(cfg),  # mirror.transfer: the last `mirror import`
         "ok": all(row["ok"] for kind_rows in rows.values() for row in kind_rows),
     }
 
@@ -104,6 +106,12 @@ def status_lines(cfg: Config) -> tuple[list[str], bool]:
     lines += freshness_lines(cfg)
     lines += diskuse.disk_use_lines(diskuse.disk_use(cfg))
     lines += tls.status_lines(cfg)
+    imported = last_import(cfg)
+    if imported:
+        lines.append(
+            f"last import: {imported['archive']} at {imported['imported_at']} "
+            f"(manifest sha256 {imported['manifest_sha256'][:16]})"
+        )
     return lines, all(r.ok for kind_records in found.values() for r in kind_records)
 
 

@@ -166,3 +166,20 @@ def copy(
         f"docker://{dest}",
     ]
     _run(args, image or src, COPY_TIMEOUT)
+
+
+def copy_all(src: str, dest: str, *, registry: Endpoint, image: str) -> None:
+    """`skopeo copy --all --preserve-digests SRC DEST` between our registry and an OCI image
+    layout (mirror.transfer): SRC and DEST carry their transport ("docker://...",
+    "oci:DIR:REF"). `registry`'s TLS, CA and credentials apply to the docker:// side (skopeo
+    ignores them for oci:)."""
+    args = [*_global_args(None), "copy", "--all", "--preserve-digests", "--quiet"]
+    args += ["--retry-times", str(RETRY_TIMES)]
+    for side, ref in (("src", src), ("dest", dest)):
+        if ref.startswith("docker://"):
+            args += [
+                *_bool(f"--{side}-tls-verify", registry.tls_verify),
+                *_path(f"--{side}-authfile", registry.authfile),
+                *_path(f"--{side}-cert-dir", registry.cert_dir),
+            ]
+    _run([*args, src, dest], image, COPY_TIMEOUT)

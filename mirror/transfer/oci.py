@@ -1,0 +1,191 @@
+"""Images in an archive: one OCI image layout (archive top dir `oci/`) holding every mirrored
+image, copied out of our registry with `skopeo copy --all --preserve-digests`, so every
+platform and every digest is the original and a blob shared by many images is stored once.
+
+Blobs come in two classes. Manifests and indexes are metadata: always carried. Configs and
+layers are content (`ImageEntry.blobs`): a delta carries only those its base lacks. Before a
+delta's image is pushed, the layers it shares with the base are fetched back from the
+importing side's registry (where the base put them; GET /v2/<repo>/blobs/<digest>, verified
+against the digest while streaming) into the staging layout: skopeo reading `oci:` needs
+every blob it cannot find at the destination under the same repository.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mirror import state, tls
+from mirror.config import Config
+from mirror.errors import ArchiveError, ImageSyncError
+from mirror.http import DownloadJob, Expected, Fetcher, RequestOptions
+from mirror.images import skopeo
+from mirror.transfer.manifest import ImageEntry, Member
+
+log = logging.getLogger("mirror")
+
+OCI_DIR = "oci"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
+_TAG_RE = re.compile(r":[^/:@]+$")
+
+
+def repository(name: str) -> str:
+    """ "docker.io/library/nginx:1.25" or "...@sha256:..." -> "docker.io/library/nginx"."""
+    return _TAG_RE.sub("", name.split("@", 1)[0])
+
+
+def blob_path(layout: Path, digest: str) -> Path:
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        raise ArchiveError(str(layout), f"refusing blob digest {digest!r}")
+    return layout / "blobs" / "sha256" / hexdigest
+
+
+def _document(layout: Path, digest: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(blob_path(layout, digest).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ArchiveError(str(layout), f"manifest {digest}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ArchiveError(str(layout), f"manifest {digest} is not a JSON object")
+    return doc
+
+
+def walk(layout: Path, digest: str) -> tuple[set[str], list[str]]:
+    """(manifest and index digests, config and layer digests) reachable from `digest`."""
+    manifests, blobs = {digest}, []
+    doc = _document(layout, digest)
+    for child in doc.get("manifests") or []:
+        more, content = walk(layout, str(child["digest"]))
+        manifests |= more
+        blobs += [b for b in content if b not in blobs]
+    for desc in [doc.get("config"), *(doc.get("layers") or [])]:
+        if isinstance(desc, dict) and desc["digest"] not in blobs:
+            blobs.append(str(desc["digest"]))
+    return manifests, blobs
+
+
+def layout_refs(layout: Path) -> dict[str, str]:
+    """ref name -> digest, from the layout's index.json."""
+    index = json.loads((layout / "index.json").read_text())
+    return {
+        str(m["annotations"][REF_ANNOTATION]): str(m["digest"])
+        for m in index.get("manifests", [])
+        if REF_ANNOTATION in (m.get("annotations") or {})
+    }
+
+
+def export_images(cfg: Config, layout: Path) -> tuple[list[ImageEntry], set[str]]:
+    """Every image recorded as mirrored, copied from our registry into `layout`. Returns the
+    entries and the digests of every blob they reach (manifests included)."""
+    records = [
+        r
+        for r in state.load_all(cfg.state_root, "images")
+        if r.last_success and r.digest and r.mirrored
+    ]
+    prefix = cfg.registry.url + "/"
+    entries: list[ImageEntry] = []
+    reachable: set[str] = set()
+    for number, record in enumerate(sorted(records, key=lambda r: r.key)):
+        names = [n.removeprefix(prefix) for n in record.mirrored if n.startswith(prefix)]
+        if not names:
+            continue
+        ref = f"i{number:05d}"
+        source = f"docker://{prefix}{repository(names[0])}@{record.digest}"
+        log.info("export: image %s (%s)", record.key, record.digest)
+        skopeo.copy_all(source, f"oci:{layout}:{ref}", registry=_registry(cfg), image=record.key)
+        if layout_refs(layout).get(ref) != record.digest:
+            raise ImageSyncError(record.key, f"exported digest differs from {record.digest}")
+        manifests, blobs = walk(layout, record.digest)
+        reachable |= manifests | set(blobs)
+        entries.append(
+            ImageEntry(key=record.key, ref=ref, digest=record.digest, names=names, blobs=blobs)
+        )
+    return entries, reachable
+
+
+def _registry(cfg: Config) -> skopeo.Endpoint:
+    """Our registry as the image sync reaches it: TLS verified with its CA, its authfile."""
+    from mirror.images.sync import local_endpoint, prepare_cert_dir
+
+    prepare_cert_dir(cfg)
+    return local_endpoint(cfg)
+
+
+def _blob_source(digest: str, images: Iterable[ImageEntry]) -> str | None:
+    """A repository of an image (of the base) holding the blob."""
+    for image in images:
+        if digest in image.blobs:
+            return repository(image.names[0])
+    return None
+
+
+def fetch_base_blobs(
+    cfg: Config,
+    layout: Path,
+    wanted: Sequence[ImageEntry],
+    members: dict[str, Member],
+    base_images: Sequence[ImageEntry],
+    base_name: str,
+) -> int:
+    """Blobs of `wanted` images missing from the staging layout (a delta did not carry them),
+    fetched from our registry and verified. ArchiveError naming the blob when it is gone."""
+    verify = tls.local_registry_verify(cfg)
+    scheme = "https" if verify else "http"
+    # Names are relative to registry.url, whose path (a Harbor project) is below /v2/.
+    base = f"{scheme}://{cfg.registry.host}/v2/" + (cfg.registry.prefix + "/").lstrip("/")
+    opts = RequestOptions(verify_tls=verify, ca_file=tls.local_registry_ca(cfg))
+    jobs: list[DownloadJob] = []
+    for image in wanted:
+        for digest in image.blobs:
+            dest = blob_path(layout, digest)
+            if dest.exists() or any(j.dest == dest for j in jobs):
+                continue
+            member = members.get(f"{OCI_DIR}/blobs/sha256/{digest.split(':')[1]}")
+            source = _blob_source(digest, base_images)
+            if member is None or source is None:
+                raise ArchiveError(
+                    base_name, f"image {image.key}: blob {digest} is in neither archive nor base"
+                )
+            url = f"{base}{source}/blobs/{digest}"
+            expected = Expected("sha256", digest.split(":")[1], member.size)
+            jobs.append(DownloadJob(url, dest, expected, opts, label=digest))
+    if not jobs:
+        return 0
+    dest_dir = layout / "blobs" / "sha256"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with Fetcher(timeout=cfg.http_timeout, retries=cfg.http_retries) as fetcher:
+        failures = fetcher.download_many(jobs)
+    if failures:
+        job, exc = failures[0]
+        raise ArchiveError(
+            base_name,
+            f"blob {job.label} the delta expects from its base is not in registry "
+            f"{cfg.registry.url} ({exc}); import the base archive first",
+        )
+    log.info("import: %d blobs shared with the base fetched from %s", len(jobs), cfg.registry.url)
+    return len(jobs)
+
+
+def push_images(
+    cfg: Config, layout: Path, images: Sequence[ImageEntry], present: dict[str, str | None]
+) -> int:
+    """Push every image under each of its names (digests preserved); names already holding
+    the digest (`present`) are skipped. Returns how many names were pushed."""
+    pushed = 0
+    registry = _registry(cfg)
+    for image in images:
+        for name in image.names:
+            dest = f"{cfg.registry.url}/{name}"
+            if present.get(dest) == image.digest:
+                continue
+            skopeo.copy_all(
+                f"oci:{layout}:{image.ref}", f"docker://{dest}", registry=registry, image=image.key
+            )
+            log.info("import: image %s -> %s (%s)", image.key, dest, image.digest)
+            pushed += 1
+    return pushed
