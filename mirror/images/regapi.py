@@ -183,7 +183,9 @@ class RegistryAPI:
     # every tag naming that digest goes with it).
 
     def _local(self, method: str, repository: str, suffix: str) -> Reply:
-        loc = Location(self._local_url, repository, insecure=not self._local_tls)
+        loc = Location(
+            self._local_url, repository, insecure=not self._local_tls, ca_file=self._local_ca
+        )
         base = self._base(loc, True)
         url = f"{base.url}/v2/{repository}/{suffix}"
         try:

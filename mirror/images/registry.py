@@ -188,6 +188,26 @@ def _wait_ready(
     )
 
 
+def _serve(cfg: Config, config: Path, logfile: Path, url: str) -> subprocess.Popen[bytes]:
+    """`registry serve CONFIG` in its own session (so _stop can always signal it by pid),
+    logging to `logfile`; returns once it answers on `url`, else stops it and raises."""
+    binary = registry_binary()
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(cfg, proc, logfile, url)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
 class EmbeddedRegistry:
     """The embedded registry ensure_registry started (own session, log in
     data_dir/registry/registry.log)."""
@@ -198,21 +218,8 @@ class EmbeddedRegistry:
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        binary = registry_binary()
         config = write_config(self.cfg)  # also makes or renews its certificate (mirror.tls)
-        with self.logfile.open("ab") as out:
-            proc = subprocess.Popen(
-                [binary, "serve", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        try:
-            _wait_ready(self.cfg, proc, self.logfile)
-        except BaseException:
-            _stop(proc)
-            raise
+        proc = _serve(self.cfg, config, self.logfile, self.cfg.registry.url)
         url = self.cfg.registry.url
         log.info("started embedded registry on %s (pid %d, log %s)", url, proc.pid, self.logfile)
         return proc
@@ -311,21 +318,11 @@ def private_registry(cfg: Config) -> Iterator[str]:
     block (mirror prune deletes manifests through it, then collects garbage with it stopped);
     yields its "127.0.0.1:PORT". The caller has made sure nothing else serves the storage."""
     _check_embeddable(cfg)
-    binary = registry_binary()
     addr = f"127.0.0.1:{_free_loopback_port()}"
     config = write_config(cfg, addr, "prune-config.yml")
-    logfile = registry_dir(cfg) / "registry.log"
-    with logfile.open("ab") as out:
-        proc = subprocess.Popen(
-            [binary, "serve", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = _serve(cfg, config, registry_dir(cfg) / "registry.log", addr)
+    log.debug("registry storage served on %s for prune (pid %d)", addr, proc.pid)
     try:
-        _wait_ready(cfg, proc, logfile, addr)
-        log.debug("registry storage served on %s for prune (pid %d)", addr, proc.pid)
         yield addr
     finally:
         _stop(proc)

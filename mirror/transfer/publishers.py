@@ -27,11 +27,12 @@ from mirror.yum.metadata import REPOMD, UpstreamMetadata, parse_packages, parse_
 from mirror.yum.plan import Plan, make_plan
 from mirror.yum.signatures import StreamingVerifier
 from mirror.yum.sync import (
-    _fingerprint,
-    _verified_stamp,
-    _verify_published,
+    Staged,
     key_path,
     publish_dir,
+    publish_target,
+    repo_fingerprint,
+    verify_published,
 )
 
 log = logging.getLogger("mirror")
@@ -113,7 +114,7 @@ def prepare_repo(cfg: Config, name: str, target: RepoTarget, staging: Path) -> R
             )
     # gpgcheck as a sync does it: packages kept from the published copy were checked with
     # these keys (the stamp) or are checked now; the new ones are checked here, in staging.
-    stamp = _verify_published(cfg, target, plan, published, keys)
+    stamp = verify_published(cfg, target, plan, published, keys)
     if target.definition.gpgcheck and plan.to_download:
         with StreamingVerifier(key, keys) as verifier:
             for pkg in plan.to_download:
@@ -124,32 +125,9 @@ def prepare_repo(cfg: Config, name: str, target: RepoTarget, staging: Path) -> R
 
 def publish_repo(cfg: Config, name: str, job: RepoJob) -> None:
     target, meta, plan = job.target, job.meta, job.plan
-    publish.refuse_symlinks(
-        target.key,
-        cfg.data_dir,
-        [cfg.repos_root.joinpath(*target.subpath), job.stage, cfg.keys_root],
-    )
-    if job.keys:
-        fsutil.atomic_write(key_path(cfg, target), job.keys)
-    if plan.filtered:
-        source = job.stage.parent / f".generated-{target.key.replace('/', '_')}"
-        repomd, hrefs = publish.generate_filtered_metadata(target.key, meta, plan.selected, source)
-        signature = None
-    else:
-        source, repomd, signature = job.stage, meta.repomd, meta.repomd_asc
-        hrefs = [r.href for r in meta.records]
-    generation = publish.Generation(
-        repomd, signature, source, tuple(hrefs), plan.selected, plan.to_download, job.stage
-    )
-    published = publish_dir(cfg, target)
-    publish.publish(
-        published, generation, state.keyed_file(cfg.state_root / "published", target.key)
-    )
-    checksums = ChecksumCache(cfg.state_root / "checksums" / f"{target.key}.json")
-    checksums.record(published, plan.to_download)
-    checksums.save(plan.selected)
-    if job.stamp is not None:
-        fsutil.atomic_write_text(_verified_stamp(cfg, target), job.stamp)
+    generated = job.stage.parent / f".generated-{target.key.replace('/', '_')}"
+    staged = Staged(meta, plan, job.keys, job.stage, generated, (job.stage,), job.stamp)
+    publish_target(cfg, target, staged)
     record = state.load(cfg.state_root, "repos", target.key)
     record.upstream = f"archive {Path(name).name}"
     record.last_attempt = record.last_success = state.now_iso()
@@ -157,7 +135,7 @@ def publish_repo(cfg: Config, name: str, job: RepoJob) -> None:
     record.duration_s = None
     record.packages = len(plan.selected)
     record.bytes = plan.total_bytes
-    record.fingerprint = _fingerprint(meta.repomd, cfg, target)
+    record.fingerprint = repo_fingerprint(meta.repomd, cfg, target)
     state.save(cfg.state_root, "repos", record)
     log.info("import: repo %s: %d packages published", target.key, len(plan.selected))
 

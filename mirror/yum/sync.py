@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -50,7 +51,7 @@ class RepoResult:
     downloaded: int = 0
     downloaded_bytes: int = 0
     total_bytes: int | None = None  # size of the published packages
-    fingerprint: str | None = None  # of what is now published; see _fingerprint
+    fingerprint: str | None = None  # of what is now published; see repo_fingerprint
 
 
 def _options(target: RepoTarget) -> RequestOptions:
@@ -105,7 +106,7 @@ def _armored(blob: bytes) -> bytes:
     )
 
 
-def _fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
+def repo_fingerprint(repomd: bytes, cfg: Config, target: RepoTarget) -> str:
     """Identifies what a published copy was made from: upstream repomd.xml and our filter."""
     return fingerprint_of(hashlib.sha256(repomd).hexdigest(), cfg, target)
 
@@ -115,7 +116,7 @@ def fingerprint_of(repomd_sha256: str, cfg: Config, target: RepoTarget) -> str:
     text = repomd_sha256 + "|" + (rule.model_dump_json() if rule else "")
     if target.definition.gpgcheck:
         # Turning gpgcheck on (or changing its keys) must not be a no-op: the packages already
-        # published then get checked too (_verify_published).
+        # published then get checked too (verify_published).
         text += "|gpgcheck=" + " ".join(target.gpgkeys)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -165,7 +166,7 @@ def sync_target(
 
     # Stage 1: repomd.xml. When it is what we published from last time, we are done.
     baseurl, repomd = fetch_repomd(target.key, target.baseurls, fetcher, opts)
-    fingerprint = _fingerprint(repomd, cfg, target)
+    fingerprint = repo_fingerprint(repomd, cfg, target)
     if _up_to_date(cfg, target, previous, fingerprint, published):
         log.info("%s: unchanged upstream, nothing to do", target.key)
         return RepoResult(
@@ -202,15 +203,14 @@ def sync_target(
     # Stage 5: download into staging, after making sure it can fit (a primary claiming
     # terabytes must not fill data_dir before a checksum could catch it).
     check_space(target.key, plan, staging / "packages", data_dir=cfg.data_dir)
-    checked = _verify_published(cfg, target, plan, published, keys)
+    checked = verify_published(cfg, target, plan, published, keys)
     _download(target, baseurl, plan, staging / "packages", fetcher, keys)
 
-    # Stage 6: publish; keys first so the .repo file's gpgkey works as soon as metadata does.
-    _publish(cfg, target, meta, plan, keys, published, staging)
-    checksums.record(published, plan.to_download)
-    checksums.save(plan.selected)
-    if checked is not None:
-        fsutil.atomic_write_text(_verified_stamp(cfg, target), checked)
+    # Stage 6: publish.
+    staged = Staged(
+        meta, plan, keys, staging / "packages", staging / "generated", (staging,), checked
+    )
+    publish_target(cfg, target, staged)
     shutil.rmtree(staging, ignore_errors=True)
     return RepoResult(
         target.key,
@@ -282,26 +282,26 @@ def _plan(
     return plan
 
 
-def _verified_stamp(cfg: Config, target: RepoTarget) -> Path:
+def verified_stamp(cfg: Config, target: RepoTarget) -> Path:
     """Records the keys (sha256) every published package of the target was checked with."""
     return state.keyed_file(cfg.state_root / "verified", target.key)
 
 
-def _verify_published(
+def verify_published(
     cfg: Config, target: RepoTarget, plan: Plan, published: Path, keys: bytes
 ) -> str | None:
     """With gpgcheck=1: the packages kept from the published copy were checked with these keys
     (the stamp says so), or they are checked now, before anything new is published: a repo
     mirrored while gpgcheck was off, or before a key change, is not trusted blindly.
     Returns the stamp to record after the publish; None when gpgcheck is off."""
-    path = _verified_stamp(cfg, target)
+    path = verified_stamp(cfg, target)
     if not target.definition.gpgcheck:
         # Removed before this unchecked publish, so a crash cannot leave a stale stamp.
         fsutil.unlink_durable(path)
         return None
     stamp = hashlib.sha256(keys).hexdigest()
-    with contextlib.suppress(OSError):
-        if path.read_text() == stamp:
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("keys_sha256") == stamp:
             return stamp
     new = {p.href for p in plan.to_download}
     kept = [p for p in plan.selected if p.href not in new]
@@ -341,40 +341,51 @@ def _download(
         verifier.finish()
 
 
-def _publish(
-    cfg: Config,
-    target: RepoTarget,
-    meta: UpstreamMetadata,
-    plan: Plan,
-    keys: bytes,
-    published: Path,
-    staging: Path,
-) -> None:
-    # `published` is resolved; the symlink check needs the path as configured.
+@dataclass(frozen=True)
+class Staged:
+    """What stage 6 makes live, wherever it was staged (a sync's downloads, an import)."""
+
+    meta: UpstreamMetadata  # its .staging holds the verified upstream metadata files
+    plan: Plan
+    keys: bytes
+    packages: Path  # where plan.to_download lie
+    generated: Path  # scratch dir for a filtered repo's regenerated metadata
+    roots: tuple[Path, ...]  # staging dirs the symlink check covers
+    stamp: str | None  # verify_published's result: recorded once live
+
+
+def publish_target(cfg: Config, target: RepoTarget, staged: Staged) -> Path:
+    """Stage 6, for `mirror sync` and `mirror import` alike: keys first (so the .repo file's
+    gpgkey works as soon as metadata does), then the atomic publish (mirror.yum.publish), then
+    the checksum cache and the signature stamp. Returns the published directory."""
+    meta, plan = staged.meta, staged.plan
+    # publish_dir is resolved; the symlink check needs the path as configured.
     publish.refuse_symlinks(
         target.key,
         cfg.data_dir,
-        [cfg.repos_root.joinpath(*target.subpath), staging, cfg.keys_root],
+        [cfg.repos_root.joinpath(*target.subpath), *staged.roots, cfg.keys_root],
     )
-    if keys:
-        fsutil.atomic_write(key_path(cfg, target), keys)
+    if staged.keys:
+        fsutil.atomic_write(key_path(cfg, target), staged.keys)
     if plan.filtered:
-        source = staging / "generated"
+        source = staged.generated
         repomd, hrefs = publish.generate_filtered_metadata(target.key, meta, plan.selected, source)
         signature = None
     else:
         source, repomd, signature = meta.staging, meta.repomd, meta.repomd_asc
         hrefs = [r.href for r in meta.records]
     generation = publish.Generation(
-        repomd,
-        signature,
-        source,
-        tuple(hrefs),
-        plan.selected,
-        plan.to_download,
-        staging / "packages",
+        repomd, signature, source, tuple(hrefs), plan.selected, plan.to_download, staged.packages
     )
+    published = publish_dir(cfg, target)
     record = state.keyed_file(cfg.state_root / "published", target.key)
     removed = publish.publish(published, generation, record)
     if removed:
         log.info("%s: removed %d files no longer in the repo", target.key, removed)
+    checksums = ChecksumCache(cfg.state_root / "checksums" / f"{target.key}.json")
+    checksums.record(published, plan.to_download)
+    checksums.save(plan.selected)
+    if staged.stamp is not None:
+        stamp = json.dumps({"keys_sha256": staged.stamp}) + "\n"
+        fsutil.atomic_write_text(verified_stamp(cfg, target), stamp)
+    return published
