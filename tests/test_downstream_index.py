@@ -224,6 +224,24 @@ def test_registries_conf_sends_a_repositories_to_a_registry(tmp_path: Path) -> N
     assert [job.known_digest for job in known] == [None, "sha256:" + "d" * 64]
 
 
+def test_a_with_tls_says_its_registry_is_verified(tmp_path: Path) -> None:
+    """The embedded registry serving TLS with A's generated CA is no `insecure` one: B's
+    registries.conf then makes skopeo verify it (with upstream_mirror_ca)."""
+    from mirror.downstream.index import build
+
+    (tmp_path / "mirror.yaml").write_text(
+        "data_dir: ./data\nbase_url: https://a.example:8443\nregistry: {url: 'a.example:5000'}\n"
+        "tls: {mode: generate}\n"
+    )
+    cfg = load_config(tmp_path / "mirror.yaml")
+    assert build(cfg, [])["registry"] == {"url": "a.example:5000", "insecure": False}
+    b = _node_b(tmp_path)
+    client.store(b, _index(registry={"url": "a.example:5000", "insecure": False}))
+    conf = client.registries_conf(b)
+    assert conf is not None
+    assert [e["insecure"] for e in tomllib.loads(conf.read_text())["registry"]] == [False]
+
+
 def test_known_digests_only_from_an_index_fetched_by_this_run(tmp_path: Path) -> None:
     from mirror.images.refs import ImageJob, parse_reference
 
