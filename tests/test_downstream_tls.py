@@ -5,12 +5,15 @@ B (`upstream_mirror: https://...`, `upstream_mirror_ca: A's ca.crt`) verifies al
 that CA and nothing else: the index, repos, keys, files and charts (libcurl, `sslcacert`),
 the registry API digest reads (libcurl) and skopeo's copies (`--src-cert-dir`). The CA is
 fresh, so no system trust on this machine knows it: a copy or read that did not use it
-fails. Everything is real, as in tests/test_downstream.py (whose fixtures build A here):
-rpmbuild'd signed repos, distribution registries driven with skopeo, nginx, dnf.
+fails. B itself serves plain HTTP; C, serving TLS with a CA of its own, mirrors A too (every
+tier on TLS). Everything is real, as in tests/test_downstream.py (whose fixtures build A
+here): rpmbuild'd signed repos, distribution registries driven with skopeo, nginx, dnf.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 import time
@@ -22,6 +25,7 @@ import requests
 
 from mirror.web.nginx import find_nginx
 from tests.conftest import Upstream
+from tests.fixtures.dnfclient import DnfRoot
 from tests.test_downstream import (
     IMAGES,
     Node,
@@ -69,6 +73,25 @@ class TlsNode(Node):
             except requests.RequestException:
                 assert time.monotonic() < deadline, "TLS node did not come up"
                 time.sleep(0.2)
+
+
+def _verified_digest(ref: str, ca: Path) -> str:
+    """The digest of `ref`'s manifest as skopeo reads it verifying TLS with `ca`."""
+    raw = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--no-tags",
+            "--cert-dir",
+            str(ca.parent),
+            f"docker://{ref}",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert raw.returncode == 0, raw.stderr.decode()
+    return "sha256:" + hashlib.sha256(raw.stdout).hexdigest()
 
 
 def _published(node: Node) -> list[Path]:
@@ -124,3 +147,25 @@ def test_downstream_of_a_tls_upstream_mirror_verifies_it_with_its_ca(
         _check_repos(t)  # dnf from B: gpgcheck=1, repo_gpgcheck=1
         _check_images_files_charts(t)  # every image on B has A's digest
         _noop_resync_costs_one_request(t)  # one request at A: the index, 304
+
+        # 3. Every tier on TLS: C (its own generated CA) mirrors A. One skopeo copy then
+        # verifies A with A's CA (--src-cert-dir) and pushes to C with C's (--dest-cert-dir).
+        c = TlsNode(t.work / "c")
+        t.stops.append(c.stop)
+        c.write(upstream_mirror=a.base_url, upstream_mirror_ca=str(a.ca))
+        c.sync()
+        c.serve()
+        assert c.ca.read_bytes() != a.ca.read_bytes()
+        for ref in IMAGES:
+            assert _verified_digest(f"{c.registry}/{ref}", c.ca) == _verified_digest(
+                f"{a.registry}/{ref}", a.ca
+            )
+        repofile = requests.get(f"{c.base_url}/repofiles/mirror.repo", verify=c.verify).text
+        assert f"baseurl={c.base_url}/repos/kubernetes/" in repofile
+        assert "repo_gpgcheck=1" in repofile and "sslverify=1" in repofile
+        # The node path of C's CA (bootstrap.sh puts it there) is this test's copy of it.
+        repofile = re.sub(r"(?m)^sslcacert=.*$", f"sslcacert={c.ca}", repofile)
+        with DnfRoot(t.work / "dnf-c") as dnf:
+            (dnf.reposdir / "mirror.repo").write_text(repofile)
+            dnf.install("kubeadm-1.28.2")
+            assert "kubeadm" in dnf.installed_names()
