@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,11 @@ class Node:
     def config(self) -> Path:
         return self.dir / "mirror.yaml"
 
+    @property
+    def verify(self) -> bool | str:
+        """What requests verifies this node's https with (its CA, for one serving TLS)."""
+        return True
+
     def write(self, **values: object) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         raw = {
@@ -111,6 +117,9 @@ class Node:
             start_new_session=True,
         )
         self.procs.append(proc)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
         wait_http(self.base_url + "/healthz")
         wait_registry(self.registry)
 
@@ -182,8 +191,15 @@ def _write_repos(repos: Path, root: Path, url: str) -> None:
 
 @pytest.fixture
 def tiers(tmp_path: Path, upstream: Upstream) -> Iterator[Tiers]:
+    with build_tiers(tmp_path, upstream, Node(tmp_path / "a")) as t:
+        yield t
+
+
+@contextmanager
+def build_tiers(tmp_path: Path, upstream: Upstream, a: Node) -> Iterator[Tiers]:
+    """Tiers with `a` (a Node, or one serving TLS) synced and serving, its upstreams gone."""
     images_up = start_registry(tmp_path / "upstream-registry")
-    t = Tiers(Node(tmp_path / "a"), Node(tmp_path / "b"), upstream, images_up.root, tmp_path)
+    t = Tiers(a, Node(tmp_path / "b"), upstream, images_up.root, tmp_path)
     t.stops += [images_up.stop, t.a.stop, t.b.stop]
     try:
         for ref in IMAGES:
@@ -210,11 +226,13 @@ def tiers(tmp_path: Path, upstream: Upstream) -> Iterator[Tiers]:
             stop()
 
 
-def _access_lines(log: Path, since: int, sentinel: str, base_url: str) -> list[str]:
+def _access_lines(
+    log: Path, since: int, sentinel: str, base_url: str, verify: bool | str = True
+) -> list[str]:
     """Lines nginx logged after byte `since`, up to the sentinel request made now: nginx
     buffers its access log (flush=1s), per worker, so wait for the sentinel, then one
     more flush period for the other workers' buffers."""
-    requests.get(f"{base_url}/healthz?{sentinel}", timeout=10)
+    requests.get(f"{base_url}/healthz?{sentinel}", timeout=10, verify=verify)
     deadline = time.monotonic() + 15
     while sentinel not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -291,7 +309,7 @@ def _noop_resync_costs_one_request(t: Tiers) -> None:
         f"images: {len(IMAGES)} ok (0 changed",
     ):
         assert summary in again.stderr, again.stderr
-    lines = _access_lines(web_log, web_mark, "noop-sentinel", t.a.base_url)
+    lines = _access_lines(web_log, web_mark, "noop-sentinel", t.a.base_url, t.a.verify)
     assert len(lines) == 1, lines
     assert '"GET /downstream.json HTTP/1.1" 304 ' in lines[0]
     assert _registry_requests(registry_log, registry_mark) == []

@@ -224,6 +224,53 @@ def test_registries_conf_sends_a_repositories_to_a_registry(tmp_path: Path) -> N
     assert [job.known_digest for job in known] == [None, "sha256:" + "d" * 64]
 
 
+def test_a_with_tls_says_its_registry_is_verified(tmp_path: Path) -> None:
+    """The embedded registry serving TLS with A's generated CA is no `insecure` one: B's
+    registries.conf then makes skopeo verify it (with upstream_mirror_ca)."""
+    from mirror.downstream.index import build
+
+    (tmp_path / "mirror.yaml").write_text(
+        "data_dir: ./data\nbase_url: https://a.example:8443\nregistry: {url: 'a.example:5000'}\n"
+        "tls: {mode: generate}\n"
+    )
+    cfg = load_config(tmp_path / "mirror.yaml")
+    assert build(cfg, [])["registry"] == {"url": "a.example:5000", "insecure": False}
+    b = _node_b(tmp_path)
+    client.store(b, _index(registry={"url": "a.example:5000", "insecure": False}))
+    conf = client.registries_conf(b)
+    assert conf is not None
+    assert [e["insecure"] for e in tomllib.loads(conf.read_text())["registry"]] == [False]
+
+
+def test_a_registry_is_verified_with_upstream_mirror_ca_and_only_it(tmp_path: Path) -> None:
+    """RegistryAPI and skopeo's --src-cert-dir get upstream_mirror_ca for A's registry host
+    only (other upstreams keep the system trust), from a directory holding just that CA."""
+    from mirror.http import Fetcher
+    from mirror.images.refs import parse_reference
+    from mirror.images.sync import open_api, upstream_endpoint
+
+    cfg = _node_b(tmp_path)
+    assert client.registry_cas(cfg) == {}  # no index yet
+    client.store(cfg, _index())
+    cas = client.registry_cas(cfg)
+    ca = client.store_dir(cfg) / "registry-ca" / "ca.crt"
+    assert cas == {"a.example:5000": ca}
+    assert ca.read_bytes() == b"not checked until used\n"
+    assert [p.name for p in ca.parent.iterdir()] == ["ca.crt"]
+    with Fetcher() as fetcher, Fetcher() as probe:
+        api = open_api(client.image_config(cfg), fetcher, probe)
+        assert api.upstream_ca(parse_reference("docker.io/library/nginx:1.25")) == ca
+        assert api.upstream_ca(parse_reference("quay.io/other/tool:v1")) is None
+    assert upstream_endpoint(cfg, ca).cert_dir == ca.parent
+    assert upstream_endpoint(cfg).cert_dir is None
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "mirror.yaml").write_text("data_dir: ./data\nupstream_mirror: http://a.example:8080\n")
+    no_ca = load_config(plain / "mirror.yaml")
+    client.store(no_ca, _index())
+    assert client.registry_cas(no_ca) == {}
+
+
 def test_known_digests_only_from_an_index_fetched_by_this_run(tmp_path: Path) -> None:
     from mirror.images.refs import ImageJob, parse_reference
 

@@ -285,6 +285,32 @@ def registries_conf(cfg: Config) -> Path | None:
     return path
 
 
+def registry_cas(cfg: Config) -> dict[str, Path]:
+    """host -> CA file for the hosts A's registry is reached at (its registry.url's, and
+    those the generated registries.conf sends repositories to): upstream_mirror_ca, copied
+    alone to state/downstream/registry-ca/ca.crt, because skopeo's --src-cert-dir reads every
+    *.crt of a directory (and *.cert/*.key pairs as client certificates). {} without
+    upstream_mirror_ca or a stored index (A's registry then needs the system trust)."""
+    index = load_stored(cfg)
+    if cfg.upstream_mirror_ca is None or index is None:
+        return {}
+    hosts = {index.registry.split("/", 1)[0]}
+    own = _own_registries_conf(cfg)[1]
+    hosts |= {location.split("/", 1)[0] for _, location in _redirects(index, own).values()}
+    try:
+        data = cfg.upstream_mirror_ca.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            str(cfg.config_path or "config"),
+            f"key 'upstream_mirror_ca': cannot read {cfg.upstream_mirror_ca}: {exc.strerror}",
+        ) from None
+    target = store_dir(cfg) / "registry-ca" / "ca.crt"
+    if not target.is_file() or target.read_bytes() != data:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.atomic_write(target, data, 0o644)
+    return dict.fromkeys(hosts, target)
+
+
 def image_config(cfg: Config) -> Config:
     """cfg with upstream.registries_conf the generated one (images of A come from A)."""
     path = registries_conf(cfg) if cfg.upstream_mirror is not None else None

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mirror import state
+from mirror import state, tls
 from mirror.config import Config
 from mirror.repofile import RepoDefinition, expand_targets
 
@@ -93,7 +93,8 @@ def build(cfg: Config, definitions: Sequence[RepoDefinition]) -> dict[str, Any]:
         # The same text as /repofiles/mirror.repo: baseurls at this node's /repos/.
         "repofile": repofiles.render(definitions, cfg),
         "repos": _repos(cfg, definitions),
-        "registry": {"url": cfg.registry.url, "insecure": not cfg.registry.tls_verify},
+        # Verified TLS also when the embedded registry serves it with our generated CA.
+        "registry": {"url": cfg.registry.url, "insecure": not tls.local_registry_verify(cfg)},
         "images": _images(cfg),
         "files": _files(cfg),
         "charts": _charts(cfg),

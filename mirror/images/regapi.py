@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -122,6 +123,7 @@ class RegistryAPI:
         local_tls_verify: bool,
         local_auth: AuthFile,
         local_ca_file: Path | None = None,
+        upstream_cas: Mapping[str, Path] | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._probe = probe
@@ -131,6 +133,9 @@ class RegistryAPI:
         self._local_tls = local_tls_verify
         self._local_auth = local_auth
         self._local_ca = local_ca_file
+        # host -> CA for upstream registries verified with a CA of their own (a downstream
+        # mirror's upstream_mirror_ca for its upstream mirror's registry); others: the system's
+        self._upstream_cas = dict(upstream_cas or {})
         self._auth = Authenticator(fetcher)
         self._bases: dict[tuple[str, bool, bool, Path | None], _Base] = {}
         self._locks: dict[tuple[str, bool, bool, Path | None], threading.Lock] = {}
@@ -148,12 +153,23 @@ class RegistryAPI:
             raise ImageSyncError(image, str(exc)) from None
         failure: _Missing | _Failed | None = None
         for loc in locations:  # mirrors first; the primary location's error is the one shown
+            loc = replace(loc, ca_file=self._upstream_cas.get(loc.host))
             try:
                 return self._manifest(loc, reference, body, self._upstream_auth, prefer_http=False)
             except (_Missing, _Failed) as exc:
                 failure = exc
         assert failure is not None  # locations() always names at least the primary
         raise ImageSyncError(image, f"{failure.url}: {failure.reason}")
+
+    def upstream_ca(self, ref: ImageRef) -> Path | None:
+        """The CA `ref`'s repository is verified with where skopeo's copy (always by digest)
+        reads it, for --src-cert-dir; None: the system trust."""
+        try:
+            locations = self._conf.locations(ref.repository, True)
+        except Blocked:
+            return None
+        found = [self._upstream_cas.get(loc.host) for loc in locations]
+        return next((ca for ca in found if ca is not None), None)
 
     # -- our registry --------------------------------------------------------------------
 

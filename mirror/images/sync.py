@@ -76,9 +76,13 @@ class Resolved:
     fingerprint: str  # "<mode> <upstream digest>": what this was resolved from
 
 
-def upstream_endpoint(cfg: Config) -> Endpoint:
-    # tls_verify None: registries.conf (insecure = true) decides for upstreams.
-    return Endpoint(tls_verify=None, authfile=cfg.upstream.authfile)
+def upstream_endpoint(cfg: Config, ca_file: Path | None = None) -> Endpoint:
+    """tls_verify None: registries.conf (insecure = true) decides for upstreams. `ca_file`
+    (RegistryAPI.upstream_ca): a CA file alone in its directory, for --src-cert-dir; skopeo
+    adds it to the system trust (c/image tlsclientconfig), and that copy then reads no
+    /etc/containers/certs.d/<host>/."""
+    cert_dir = None if ca_file is None else ca_file.parent
+    return Endpoint(tls_verify=None, authfile=cfg.upstream.authfile, cert_dir=cert_dir)
 
 
 def local_endpoint(cfg: Config) -> Endpoint:
@@ -128,6 +132,11 @@ def wanted_platforms(cfg: Config) -> list[Platform] | None:
 
 def open_api(cfg: Config, fetcher: Fetcher, probe: Fetcher) -> RegistryAPI:
     """The registry API client of one run (reads registries.conf and the authfiles once)."""
+    upstream_cas = {}
+    if cfg.upstream_mirror is not None:  # its registry is verified with upstream_mirror_ca
+        from mirror.downstream.client import registry_cas
+
+        upstream_cas = registry_cas(cfg)
     return RegistryAPI(
         fetcher,
         probe,
@@ -137,6 +146,7 @@ def open_api(cfg: Config, fetcher: Fetcher, probe: Fetcher) -> RegistryAPI:
         local_tls_verify=tls.local_registry_verify(cfg),
         local_auth=AuthFile(cfg.registry.authfile),
         local_ca_file=tls.local_registry_ca(cfg),
+        upstream_cas=upstream_cas,
     )
 
 
@@ -236,8 +246,15 @@ def local_digest(api: RegistryAPI, name: str, image: str) -> str | None:
     return api.local_digest(name, image)
 
 
-def copy_to(cfg: Config, job: ImageJob, resolved: Resolved, targets: Sequence[str]) -> None:
-    """Stage 3: the first destination from upstream, the others from our first copy."""
+def copy_to(
+    cfg: Config,
+    job: ImageJob,
+    resolved: Resolved,
+    targets: Sequence[str],
+    source_ca: Path | None = None,
+) -> None:
+    """Stage 3: the first destination from upstream (verified with `source_ca` when given),
+    the others from our first copy."""
     image = job.source.upstream
     first = job.destinations[0]
     for name in targets:
@@ -248,7 +265,7 @@ def copy_to(cfg: Config, job: ImageJob, resolved: Resolved, targets: Sequence[st
                     name,
                     all_platforms=resolved.all_platforms,
                     platform=resolved.platform,
-                    src_endpoint=upstream_endpoint(cfg),
+                    src_endpoint=upstream_endpoint(cfg, source_ca),
                     dest_endpoint=local_endpoint(cfg),
                     registries_conf=cfg.upstream.registries_conf,
                     image=image,
@@ -289,7 +306,7 @@ def sync_image(
     else:
         # Destinations keep their order, so a stale first name is refreshed before the alias
         # is copied from it.
-        copy_to(cfg, job, resolved, targets)
+        copy_to(cfg, job, resolved, targets, api.upstream_ca(job.source))
     result = ImageResult(
         image, job.destinations, resolved.digest, bool(targets), platforms=resolved.platforms
     )
