@@ -34,8 +34,13 @@ globals().update(_SHARED)
 
 
 
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0] if address.startswith("[") else address.split(":")[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")
+
+
 def _tls_files() -> tuple[str | None, str | None]:
-    if all(b.split(":")[0] in ("127.0.0.1", "localhost", "[::1]") for b in bind):
+    if all(_loopback(b) for b in bind):
         return None, None
     from mirror import tls
     from mirror.config import config_path_from_env, load_config

@@ -165,6 +165,8 @@ def _node_file_inputs(cfg: Config) -> str:
     digest = hashlib.sha256(__version__.encode())
     paths = [p for p in (cfg.config_path, cfg.images_file) if p is not None]
     paths.append(cfg.data_dir / "tls" / "ca" / "ca.crt")  # /ca.crt, bootstrap.sh's pinned hash
+    if cfg.registry.ca_file is not None:  # /registry-ca.crt, embedded in containerd setup.sh
+        paths.append(cfg.registry.ca_file)
     if cfg.repos_dir.is_dir():
         paths += sorted(cfg.repos_dir.glob("*.repo"))
     paths += sorted((cfg.state_root / "kubeadm").glob("*.json"))  # kubeadm's own image lists

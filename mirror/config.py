@@ -61,6 +61,17 @@ class RegistryConfig(_Frozen):
     layout: Literal["nested", "flat"] = "nested"
     ca_file: Path | None = None  # PEM CA of an external registry; implies tls_verify: true
 
+    @model_validator(mode="after")
+    def _ca_is_for_external(self) -> RegistryConfig:
+        # The embedded registry is verified with the mirror's own CA (tls:); a second CA for
+        # the same host would have nodes' certs.d/<host>/ca.crt rewritten back and forth.
+        if self.ca_file is not None and self.embedded:
+            raise ValueError(
+                "registry.ca_file is for an external registry (embedded: false); the embedded "
+                "registry serves TLS with the mirror's own CA (tls.mode)"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _ca_implies_verify(cls, data: Any) -> Any:

@@ -229,12 +229,13 @@ def registry_ca(cfg: Config) -> tuple[str, str] | None:
 
 def containerd_hosts(cfg: Config) -> list[str]:
     """Hosts that get a hosts.toml: every mirrored upstream (nested layout; the flat one has
-    no prefix to redirect to) and, when the registry is verified with a CA (registry.ca_file
-    or the mirror's own), the registry itself, so pulls by mirrored name (kubeadm's images,
-    the pause image, flat names) use https with that CA: containerd would try plain http for
-    a registry on localhost/127.0.0.1 without one."""
+    no prefix to redirect to) and the registry itself whenever a pull by mirrored name
+    (kubeadm's imageRepository, the pause image, flat names) needs telling how to reach it:
+    plain HTTP (containerd assumes https for any host but localhost), or https verified
+    with a CA (registry.ca_file or the mirror's own)."""
     hosts = [] if cfg.registry.layout == "flat" else mirrored_hosts(cfg)
-    if registry_ca_path(cfg) is not None and registry_host(cfg) not in hosts:
+    needs_own = registry_scheme(cfg) == "http" or registry_ca_path(cfg) is not None
+    if needs_own and registry_host(cfg) not in hosts:
         hosts.append(registry_host(cfg))
     return hosts
 
@@ -256,9 +257,10 @@ def hosts_toml(cfg: Config, host: str) -> str:
         raise ValueError(f"bad registry host {host!r}")
     scheme = registry_scheme(cfg)
     layout = RegistryLayout.of(cfg.registry)
-    if host == layout.host and registry_ca_path(cfg) is not None:
+    if host == layout.host:
+        how = "plain HTTP" if scheme == "http" else "https"
         lines = [
-            f"# {host}: the air-gap mirror's registry, verified with its CA",
+            f"# {host}: the air-gap mirror's registry itself ({how}; pulls by mirrored name)",
             f'server = "{scheme}://{host}"',
             "",
             f'[host."{scheme}://{host}"]',
@@ -305,6 +307,10 @@ def crio_registries_conf(cfg: Config, hosts: Sequence[str]) -> str:
     ca = registry_ca(cfg)
     if ca is not None:
         out += [f"# The registry's CA goes to {ca[1]} (bootstrap.sh installs it).", ""]
+    if insecure == "true":
+        # Pulls by mirrored name (kubeadm's imageRepository, flat names) go to the registry
+        # itself: CRI-O must be told it is plain HTTP (or unverified), as for the mirrors.
+        out += ["[[registry]]", f'location = "{layout.host}"', "insecure = true", ""]
     for host in hosts:
         out += [
             "[[registry]]",

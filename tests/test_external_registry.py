@@ -66,9 +66,16 @@ def test_bad_url_refused(tmp_path: Path, url: str, words: str) -> None:
 
 
 def test_ca_file_implies_tls_verify_and_is_resolved(tmp_path: Path) -> None:
-    cfg = load_config(write_cfg(tmp_path, f"{{url: {HARBOR}/p, ca_file: harbor-ca.pem}}"))
+    registry = f"{{url: {HARBOR}/p, embedded: false, ca_file: harbor-ca.pem}}"
+    cfg = load_config(write_cfg(tmp_path, registry))
     assert cfg.registry.tls_verify is True
     assert cfg.registry.ca_file == tmp_path / "harbor-ca.pem"
+
+
+def test_ca_file_with_the_embedded_registry_refused(tmp_path: Path) -> None:
+    # The embedded registry is verified with the mirror's own CA (tls:), not a second one.
+    message = config_error(tmp_path, f"{{url: {HARBOR}, ca_file: harbor-ca.pem}}")
+    assert "registry.ca_file is for an external registry (embedded: false)" in message
 
 
 def test_ca_file_with_tls_verify_false_refused(tmp_path: Path) -> None:
@@ -198,9 +205,8 @@ def test_node_configs_nested_with_path_and_ca(tmp_path: Path) -> None:
 
 
 def test_node_configs_flat_redirect_nothing(tmp_path: Path) -> None:
-    cfg = load_config(
-        write_cfg(tmp_path, f"{{url: '{HARBOR}/k8s', layout: flat, ca_file: harbor-ca.pem}}")
-    )
+    registry = f"{{url: '{HARBOR}/k8s', layout: flat, embedded: false, ca_file: harbor-ca.pem}}"
+    cfg = load_config(write_cfg(tmp_path, registry))
     # No prefix rewrite turns docker.io/calico/node into k8s/calico-node: only the registry's
     # own hosts.toml (its CA) is served, and CRI-O gets no mirror entries.
     assert nodeconfig.containerd_hosts(cfg) == [HARBOR]
@@ -235,3 +241,16 @@ def test_check_of_a_registry_that_does_not_answer(tmp_path: Path) -> None:
     assert proc.returncode == 3, proc.stdout + proc.stderr
     (line,) = proc.stderr.splitlines()
     assert "cannot reach https://127.0.0.1:" in line and "connection refused" in line
+
+
+def test_a_renewed_registry_ca_rerenders_the_node_files(tmp_path: Path) -> None:
+    # The site renews its registry CA at the same path: the next sync must render
+    # /registry-ca.crt and containerd's setup.sh (which embeds it) again.
+    from mirror.cli import _node_file_inputs
+
+    registry = f"{{url: {HARBOR}/p, embedded: false, ca_file: harbor-ca.pem}}"
+    cfg = load_config(write_cfg(tmp_path, registry))
+    before = _node_file_inputs(cfg)
+    assert cfg.registry.ca_file is not None
+    cfg.registry.ca_file.write_text(PEM.replace("MII", "MIJ", 1))
+    assert _node_file_inputs(cfg) != before

@@ -94,6 +94,11 @@ def test_containerd_hosts_toml_per_mirrored_host(client) -> None:
             }
         }
     assert client.get("/containerd/certs.d/evil.example/hosts.toml").status_code == 404
+    # Pulls by mirrored name (kubeadm's imageRepository, the pause image) go to the registry
+    # itself: containerd assumes https for any host but localhost, so it is told plain HTTP.
+    own = tomllib.loads(client.get(f"/containerd/certs.d/{REGISTRY}/hosts.toml").text)
+    assert own["server"] == f"http://{REGISTRY}"
+    assert own["host"] == {f"http://{REGISTRY}": {"capabilities": ["pull", "resolve"]}}
 
 
 def test_external_registry_gets_https_and_skip_verify(cfg_path: Path) -> None:
@@ -110,7 +115,10 @@ def test_external_registry_gets_https_and_skip_verify(cfg_path: Path) -> None:
 
 def test_crio_registries_conf(client) -> None:
     doc = tomllib.loads(client.get("/crio/registries.conf").text)
-    by_prefix = {r["prefix"]: r for r in doc["registry"]}
+    # The registry itself, for pulls by mirrored name: plain HTTP, so insecure for CRI-O.
+    own = [r for r in doc["registry"] if "prefix" not in r]
+    assert own == [{"location": REGISTRY, "insecure": True}]
+    by_prefix = {r["prefix"]: r for r in doc["registry"] if "prefix" in r}
     assert set(by_prefix) == {"registry.k8s.io", "docker.io", "quay.io", "ghcr.io"}
     assert by_prefix["docker.io"]["mirror"] == [
         {"location": f"{REGISTRY}/docker.io", "insecure": True}

@@ -52,9 +52,13 @@ def check_repository(cfg: Config) -> str:
 
 
 def _candidates(cfg: Config) -> list[tuple[str, RequestOptions]]:
+    from mirror import tls
+
     host = cfg.registry.host
-    if cfg.registry.tls_verify:
-        return [(f"https://{host}", RequestOptions(ca_file=cfg.registry.ca_file))]
+    # As the sync reaches it: verified with registry.ca_file, or the mirror's own CA when the
+    # embedded registry serves TLS (mirror.tls).
+    if tls.local_registry_verify(cfg):
+        return [(f"https://{host}", RequestOptions(ca_file=tls.local_registry_ca(cfg)))]
     return [(f"http://{host}", RequestOptions()), (f"https://{host}", RequestOptions(False))]
 
 
