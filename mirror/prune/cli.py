@@ -59,9 +59,9 @@ def _registry_api(cfg: Config, url: str) -> Iterator[RegistryAPI]:
             upstream_auth=AuthFile(cfg.upstream.authfile),
             local_url=url,
             # prune's private loopback instance (private_registry) is plain HTTP; the running
-            # registry on registry.url is verified as the sync verifies it.
-            local_tls_verify=url == cfg.registry.url and tls.local_registry_verify(cfg),
-            local_ca_file=tls.local_registry_ca(cfg) if url == cfg.registry.url else None,
+            # registry on registry.url's host is verified as the sync verifies it.
+            local_tls_verify=url == cfg.registry.host and tls.local_registry_verify(cfg),
+            local_ca_file=tls.local_registry_ca(cfg) if url == cfg.registry.host else None,
             local_auth=AuthFile(cfg.registry.authfile),
         )
 
@@ -90,7 +90,7 @@ def _image_lines(cfg: Config, plan: ImagePlan, verb: str) -> list[str]:
             lines.append(f"forget image {r.name} (not in the registry any more)")
         elif r.kept_by is not None:
             lines.append(
-                f"keep image {r.name}: {r.digest} is also {cfg.registry.url}/{r.kept_by}, "
+                f"keep image {r.name}: {r.digest} is also {cfg.registry.host}/{r.kept_by}, "
                 "which stays "
                 "(distribution deletes by digest only; the tag stays)"
             )
@@ -118,10 +118,10 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
         return None, False, [note + "retention and garbage collection apply)"]
     wanted = wanted_images(cfg)
     found = candidates(cfg, wanted)
-    online = registry_answers(cfg.registry.url, tls.local_registry_verify(cfg))
+    online = registry_answers(cfg.registry.host, tls.local_registry_verify(cfg))
     if not found.repositories or not (_storage(cfg) / _REPOSITORIES).is_dir():
         return plan_images(cfg, None, wanted, found), online, []
-    context = nullcontext(cfg.registry.url) if online else private_registry(cfg)
+    context = nullcontext(cfg.registry.host) if online else private_registry(cfg)
     with context as url, _registry_api(cfg, url) as api:
         plan = plan_images(cfg, api, wanted, found)
         if plan.deletes and online and not dry_run:
@@ -176,6 +176,7 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
 
 def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
     """Records of removed images go; garbage is collected with nothing serving the storage."""
+    from mirror import tls
     from mirror.errors import EnvironmentProblem
     from mirror.images.registry import garbage_collect, registry_answers
     from mirror.prune.images import drop_records
@@ -185,7 +186,7 @@ def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
         return []
     if online:  # manifests deleted by an earlier run: collect when it is stopped
         return ["note: garbage collection still pending: the registry is running"]
-    if registry_answers(cfg.registry.url, cfg.registry.tls_verify):
+    if registry_answers(cfg.registry.host, tls.local_registry_verify(cfg)):
         raise EnvironmentProblem(
             _running_message(cfg) + "; it started while pruning: manifests were deleted but "
             "their blobs not collected yet"
