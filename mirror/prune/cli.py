@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mirror")
 _REPOSITORIES = Path("docker/registry/v2/repositories")  # distribution's storage layout
+# Keys of distribution's `storage:` that configure it rather than name a driver.
+_NOT_DRIVERS = {"delete", "redirect", "cache", "maintenance", "tag"}
 
 
 class _HasConfig(Protocol):
@@ -116,6 +118,17 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
     if not cfg.registry.embedded:
         note = "images not pruned: registry.embedded is false (the site registry's own "
         return None, False, [note + "retention and garbage collection apply)"]
+    if cfg.registry.storage is not None:
+        # Planning reads the filesystem storage's own index (untagged revisions), and its
+        # absence would make every record look "not in the registry any more": records stay.
+        drivers = ", ".join(sorted(k for k in cfg.registry.storage if k not in _NOT_DRIVERS))
+        note = (
+            f"images not pruned: registry.storage is set ({drivers or 'custom'}); prune "
+            "only handles the default filesystem storage under data_dir/registry/storage "
+            "(the storage's own lifecycle rules, or distribution's garbage-collect, apply); "
+            "image records kept"
+        )
+        return None, False, [note]
     wanted = wanted_images(cfg)
     found = candidates(cfg, wanted)
     online = registry_answers(cfg.registry.host, tls.local_registry_verify(cfg))
