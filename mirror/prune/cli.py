@@ -164,6 +164,7 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
     verb = "would remove" if dry_run else "remove"
     storage = _storage(cfg)
     with sync_lock(cfg):
+        content.check_upstream_index(cfg)  # a downstream node's wanted sets need it
         removals = content.stale_files(cfg) + content.stale_charts(cfg)
         repos, notes = content.stale_repos(cfg)
         removals += repos
