@@ -46,6 +46,7 @@ pytestmark = [
 KEEP = "docker.io/library/app:1"
 DROP = "docker.io/library/app:2"
 DROP_REPO = "quay.io/team/tool:1"
+ALIAS = "docker.io/library/app:alias"  # same digest as app:1: its tag stays, nothing deleted
 
 
 def run_mirror(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,7 +64,9 @@ def images_upstream(tmp_path: Path) -> Iterator[tuple[RegistryProcess, dict[str,
     registry = start_registry(tmp_path / "upstream")
     try:
         work = tmp_path / "build"
-        yield registry, {ref: push_image(registry, ref, work) for ref in (KEEP, DROP, DROP_REPO)}
+        digests = {ref: push_image(registry, ref, work) for ref in (KEEP, DROP, DROP_REPO)}
+        digests[ALIAS] = push_image(registry, ALIAS, work, seed=KEEP)
+        yield registry, digests
     finally:
         registry.stop()
 
@@ -99,8 +102,8 @@ def _exists(ref: str, *args: str) -> bool:
 @pytest.mark.parametrize(
     ("path", "layout", "names"),
     [
-        ("/mirror", "nested", {KEEP: KEEP, DROP: DROP, DROP_REPO: DROP_REPO}),
-        ("", "flat", {KEEP: "app:1", DROP: "app:2", DROP_REPO: "team-tool:1"}),
+        ("/mirror", "nested", {KEEP: KEEP, DROP: DROP, DROP_REPO: DROP_REPO, ALIAS: ALIAS}),
+        ("", "flat", {KEEP: "app:1", DROP: "app:2", DROP_REPO: "team-tool:1", ALIAS: "app:alias"}),
     ],
     ids=["url-path", "flat"],
 )
@@ -115,7 +118,7 @@ def test_prune_removes_images_named_under_a_url_path_or_flat(
     host = f"127.0.0.1:{free_port()}"
     url = host + path
     cfg = write_mirror_config(
-        tmp_path / "m", registry, f"{KEEP}\n{DROP}\n{DROP_REPO}\n", [], "all",
+        tmp_path / "m", registry, f"{KEEP}\n{DROP}\n{DROP_REPO}\n{ALIAS}\n", [], "all",
         url=url, layout=layout,
     )
     proc = run_mirror(cfg, "sync", "--only", "images")
@@ -130,7 +133,8 @@ def test_prune_removes_images_named_under_a_url_path_or_flat(
     assert "left alone" not in proc.stdout
     for ref in (DROP, DROP_REPO):
         assert f"would remove image {local[ref]} {digests[ref]} " in proc.stdout, proc.stdout
-    assert local[KEEP] not in proc.stdout
+    assert f"keep image {local[ALIAS]}: {digests[KEEP]} is also {local[KEEP]}, " in proc.stdout
+    assert f"{local[KEEP]} " not in proc.stdout.replace(f"is also {local[KEEP]}, ", "")
     assert "would remove 2 images, 0 untagged manifests" in proc.stdout.splitlines()[-1]
 
     proc = run_mirror(cfg, "prune")
@@ -140,6 +144,7 @@ def test_prune_removes_images_named_under_a_url_path_or_flat(
     assert tree_bytes(storage) < full
     with embedded_registry(cfg, host):
         assert manifest_digest(local[KEEP]) == digests[KEEP]
+        assert manifest_digest(local[ALIAS]) == digests[KEEP]
         for ref in (DROP, DROP_REPO):
             assert not _exists(local[ref], "--tls-verify=false")
     status = json.loads(run_mirror(cfg, "status", "--json").stdout)

@@ -70,7 +70,7 @@ def _registry_api(cfg: Config, url: str) -> Iterator[RegistryAPI]:
 
 def _running_message(cfg: Config) -> str:
     return (
-        f"the embedded registry's storage is in use: a registry answers on {cfg.registry.url} "
+        f"the embedded registry's storage is in use: a registry answers on {cfg.registry.host} "
         "(mirror serve or mirror-registry.service); garbage collection needs it stopped. "
         "Stop it (systemctl stop mirror-registry, or stop mirror serve), run mirror prune, "
         "start it again (mirror prune --dry-run works while it runs)"
