@@ -104,8 +104,10 @@ def _exists(ref: str, *args: str) -> bool:
     [
         ("/mirror", "nested", {KEEP: KEEP, DROP: DROP, DROP_REPO: DROP_REPO, ALIAS: ALIAS}),
         ("", "flat", {KEEP: "app:1", DROP: "app:2", DROP_REPO: "team-tool:1", ALIAS: "app:alias"}),
+        ("/k8s/mirror", "flat", {KEEP: "app:1", DROP: "app:2", DROP_REPO: "team-tool:1",
+                                 ALIAS: "app:alias"}),
     ],
-    ids=["url-path", "flat"],
+    ids=["url-path", "flat", "flat-url-path"],
 )
 def test_prune_removes_images_named_under_a_url_path_or_flat(
     tmp_path: Path,
