@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mirror")
 _REPOSITORIES = Path("docker/registry/v2/repositories")  # distribution's storage layout
+# Keys of distribution's `storage:` that configure it rather than name a driver.
+_NOT_DRIVERS = {"delete", "redirect", "cache", "maintenance", "tag"}
 
 
 class _HasConfig(Protocol):
@@ -59,16 +61,16 @@ def _registry_api(cfg: Config, url: str) -> Iterator[RegistryAPI]:
             upstream_auth=AuthFile(cfg.upstream.authfile),
             local_url=url,
             # prune's private loopback instance (private_registry) is plain HTTP; the running
-            # registry on registry.url is verified as the sync verifies it.
-            local_tls_verify=url == cfg.registry.url and tls.local_registry_verify(cfg),
-            local_ca_file=tls.local_registry_ca(cfg) if url == cfg.registry.url else None,
+            # registry on registry.url's host is verified as the sync verifies it.
+            local_tls_verify=url == cfg.registry.host and tls.local_registry_verify(cfg),
+            local_ca_file=tls.local_registry_ca(cfg) if url == cfg.registry.host else None,
             local_auth=AuthFile(cfg.registry.authfile),
         )
 
 
 def _running_message(cfg: Config) -> str:
     return (
-        f"the embedded registry's storage is in use: a registry answers on {cfg.registry.url} "
+        f"the embedded registry's storage is in use: a registry answers on {cfg.registry.host} "
         "(mirror serve or mirror-registry.service); garbage collection needs it stopped. "
         "Stop it (systemctl stop mirror-registry, or stop mirror serve), run mirror prune, "
         "start it again (mirror prune --dry-run works while it runs)"
@@ -90,7 +92,7 @@ def _image_lines(cfg: Config, plan: ImagePlan, verb: str) -> list[str]:
             lines.append(f"forget image {r.name} (not in the registry any more)")
         elif r.kept_by is not None:
             lines.append(
-                f"keep image {r.name}: {r.digest} is also {cfg.registry.url}/{r.kept_by}, "
+                f"keep image {r.name}: {r.digest} is also {cfg.registry.host}/{r.kept_by}, "
                 "which stays "
                 "(distribution deletes by digest only; the tag stays)"
             )
@@ -116,12 +118,23 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
     if not cfg.registry.embedded:
         note = "images not pruned: registry.embedded is false (the site registry's own "
         return None, False, [note + "retention and garbage collection apply)"]
+    if cfg.registry.storage is not None:
+        # Planning reads the filesystem storage's own index (untagged revisions), and its
+        # absence would make every record look "not in the registry any more": records stay.
+        drivers = ", ".join(sorted(k for k in cfg.registry.storage if k not in _NOT_DRIVERS))
+        note = (
+            f"images not pruned: registry.storage is set ({drivers or 'custom'}); prune "
+            "only handles the default filesystem storage under data_dir/registry/storage "
+            "(the storage's own lifecycle rules, or distribution's garbage-collect, apply); "
+            "image records kept"
+        )
+        return None, False, [note]
     wanted = wanted_images(cfg)
     found = candidates(cfg, wanted)
-    online = registry_answers(cfg.registry.url, tls.local_registry_verify(cfg))
+    online = registry_answers(cfg.registry.host, tls.local_registry_verify(cfg))
     if not found.repositories or not (_storage(cfg) / _REPOSITORIES).is_dir():
         return plan_images(cfg, None, wanted, found), online, []
-    context = nullcontext(cfg.registry.url) if online else private_registry(cfg)
+    context = nullcontext(cfg.registry.host) if online else private_registry(cfg)
     with context as url, _registry_api(cfg, url) as api:
         plan = plan_images(cfg, api, wanted, found)
         if plan.deletes and online and not dry_run:
@@ -151,6 +164,7 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
     verb = "would remove" if dry_run else "remove"
     storage = _storage(cfg)
     with sync_lock(cfg):
+        content.check_upstream_index(cfg)  # a downstream node's wanted sets need it
         removals = content.stale_files(cfg) + content.stale_charts(cfg)
         repos, notes = content.stale_repos(cfg)
         removals += repos
@@ -176,6 +190,7 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
 
 def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
     """Records of removed images go; garbage is collected with nothing serving the storage."""
+    from mirror import tls
     from mirror.errors import EnvironmentProblem
     from mirror.images.registry import garbage_collect, registry_answers
     from mirror.prune.images import drop_records
@@ -185,7 +200,7 @@ def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
         return []
     if online:  # manifests deleted by an earlier run: collect when it is stopped
         return ["note: garbage collection still pending: the registry is running"]
-    if registry_answers(cfg.registry.url, cfg.registry.tls_verify):
+    if registry_answers(cfg.registry.host, tls.local_registry_verify(cfg)):
         raise EnvironmentProblem(
             _running_message(cfg) + "; it started while pruning: manifests were deleted but "
             "their blobs not collected yet"

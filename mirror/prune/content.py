@@ -1,7 +1,10 @@
 """Files, chart repositories and repo targets `mirror prune` removes: recorded, no longer
 configured. A sync only ever adds and replaces these (a repo drops what upstream dropped, a
 chart repo the versions no longer wanted), so an entry removed from the config stayed
-published with its state record until now.
+published with its state record until now. What is wanted is what the kinds' own plans
+sync (mirror.files.kind, mirror.charts.kind, mirror.yum.kind): on a downstream node that
+includes what its upstream mirror's stored index lists, and without that index prune
+refuses (check_upstream_index).
 
 Candidates come from the state records (what this mirror published), each checked to be a
 plain name strictly inside its root with no symlink on the way (a tampered record must not
@@ -17,10 +20,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mirror import diskuse, fsutil, state
 from mirror.config import Config
 from mirror.errors import PruneError
+
+if TYPE_CHECKING:
+    from mirror.content.kind import Kind
 
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+~@=,-]*$")
 
@@ -57,10 +64,36 @@ def _removal(
     return ContentRemoval(label, key, root, tuple(paths), tuple(records), size)
 
 
+def _planned(cfg: Config, kind: Kind) -> list[Any]:
+    """What `kind`'s own plan syncs now (a whole sync, no `--repo`): a downstream mirror's
+    entries from its upstream mirror's stored index included, exactly as the sync has them."""
+    from mirror.content.kind import SyncRequest
+
+    return list(kind.plan(cfg, SyncRequest()))
+
+
+def check_upstream_index(cfg: Config) -> None:
+    """A downstream mirror's wanted sets include what its upstream mirror's stored index
+    lists: without it (never fetched, removed, unreadable) they cannot be told, and
+    pruning would remove everything that came from there. Refused before anything."""
+    from mirror.downstream.client import load_stored, store_dir
+
+    if cfg.upstream_mirror is None:
+        return
+    stored = store_dir(cfg)
+    if load_stored(cfg) is None or not (stored / "mirror.repo").is_file():
+        raise PruneError(
+            f"cannot tell what upstream_mirror {cfg.upstream_mirror} provides: its index "
+            f"{stored / 'index.json'} is missing or unreadable (run mirror sync first); "
+            "nothing was pruned"
+        )
+
+
 def stale_files(cfg: Config) -> list[ContentRemoval]:
+    from mirror.files.kind import KIND
     from mirror.files.record import files_root
 
-    wanted = {entry.path for entry in cfg.files}
+    wanted = {entry.path for entry in _planned(cfg, KIND)}
     found = []
     for record in state.load_all(cfg.state_root, "files"):
         if record.key in wanted:
@@ -76,10 +109,10 @@ def stale_files(cfg: Config) -> list[ContentRemoval]:
 
 
 def stale_charts(cfg: Config) -> list[ContentRemoval]:
-    from mirror.charts.repos import chart_repos
+    from mirror.charts.kind import KIND
     from mirror.charts.sync import charts_root
 
-    wanted = {repo.key for repo in chart_repos(cfg)}
+    wanted = {repo.key for repo in _planned(cfg, KIND)}
     found = []
     for record in state.load_all(cfg.state_root, "charts"):
         if record.key in wanted or "/" in record.key:
@@ -92,13 +125,15 @@ def stale_charts(cfg: Config) -> list[ContentRemoval]:
 
 
 def stale_repos(cfg: Config) -> tuple[list[ContentRemoval], list[str]]:
-    """Repo targets whose definition (or $releasever/$basearch value) left the config. Without
-    a repos_dir nothing is pruned: an unreadable config must not look like "no repos"."""
-    from mirror.repofile import expand_targets, load_definitions
+    """Repo targets whose definition (or $releasever/$basearch value) left the config (or a
+    downstream mirror's upstream mirror's index). Without a repos_dir nothing is pruned (an
+    unreadable config must not look like "no repos"), unless upstream_mirror is set: such a
+    node may have no repos of its own (mirror.repofile.load_definitions)."""
+    from mirror.yum.kind import KIND
 
-    if not cfg.repos_dir.is_dir():
+    if not cfg.repos_dir.is_dir() and cfg.upstream_mirror is None:
         return [], [f"repos not pruned: repos_dir {cfg.repos_dir} is not a directory"]
-    targets = expand_targets(load_definitions(cfg), cfg)
+    targets = _planned(cfg, KIND)
     wanted = {t.key for t in targets}
     live = [cfg.repos_root.joinpath(*t.subpath) for t in targets]
     found, notes = [], []

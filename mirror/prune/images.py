@@ -3,7 +3,8 @@
 What counts as configured is exactly what an image sync plans (mirror.nodeconfig.image_plan
 plus the images found in mirrored files and charts, mirror.images.sources), by mirrored name.
 Candidates come only from the image state records (names this mirror pushed), and only
-names in the mirror's own layout (`<registry.url>/<upstream host>/<path>`) are touched.
+names in the mirror's own layout (mirror.images.refs.RegistryLayout: under registry.url's
+host and path, `<upstream host>/<path>` nested or one component flat) are touched.
 
 distribution 2.8 deletes manifests by digest only, which removes every tag naming that
 digest in the repository. So, per repository, every tag that stays (configured or not ours)
@@ -27,7 +28,7 @@ from typing import Any
 from mirror import state
 from mirror.config import Config
 from mirror.errors import PruneError
-from mirror.images.refs import BadReference, ImageRef, parse_reference
+from mirror.images.refs import BadReference, ImageRef, RegistryLayout, parse_reference
 from mirror.images.regapi import RegistryAPI
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -36,7 +37,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 @dataclass(frozen=True)
 class ImageRemoval:
     name: str  # as recorded: "<registry.url>/<host>/<path>:<tag>" (or "@sha256:...")
-    repository: str  # "<host>/<path>"
+    repository: str  # in our registry (what follows /v2/): "[<prefix>/]<host>/<path>"
     digest: str | None  # what it resolves to in our registry; None: already gone
     kept_by: str | None = None  # a name that stays and shares the digest: nothing deleted
     size: int = 0  # bytes of its manifests' blobs (shared blobs stay: an upper bound)
@@ -74,16 +75,33 @@ def wanted_images(cfg: Config) -> Wanted:
 
 
 def _ours(cfg: Config, name: str) -> ImageRef | None:
-    """`name` parsed when it lies in the mirror's layout under registry.url, else None."""
+    """`name` parsed when it lies in the mirror's layout under registry.url (mirror.images.refs
+    RegistryLayout: its host, then its path prefix, then `<upstream host>/<path>` nested or
+    one component flat), else None. ref.path is then the repository in our registry."""
     try:
         ref = parse_reference(name)
     except BadReference:
         return None
-    first = ref.path.split("/", 1)[0]
-    hostlike = "." in first or ":" in first or first == "localhost"
-    if ref.host != cfg.registry.url or not hostlike or "/" not in ref.path:
+    layout = RegistryLayout.of(cfg.registry)
+    if ref.host != layout.host:
         return None
-    return ref
+    rest = ref.path
+    if layout.prefix:
+        if not rest.startswith(layout.prefix + "/"):
+            return None
+        rest = rest[len(layout.prefix) + 1 :]
+    if layout.flat:
+        return ref if "/" not in rest else None
+    first = rest.split("/", 1)[0]
+    hostlike = "." in first or ":" in first or first == "localhost"
+    return ref if hostlike and "/" in rest else None
+
+
+def _shape(cfg: Config) -> str:
+    """The names _ours accepts, for the note on one it leaves alone."""
+    url = cfg.registry.url.rstrip("/")
+    shape = "<name>" if cfg.registry.layout == "flat" else "<host>/<path>"
+    return f"{cfg.registry.layout} layout, {url}/{shape}"
 
 
 def _children(body: bytes | None) -> list[str]:
@@ -169,7 +187,7 @@ def candidates(cfg: Config, wanted: Wanted) -> Candidates:
                 continue
             ref = _ours(cfg, name)
             if ref is None:
-                found.notes.append(f"left alone: {name} (not under {cfg.registry.url}/<host>/)")
+                found.notes.append(f"left alone: {name} (not in this mirror's {_shape(cfg)})")
                 continue
             found.names.setdefault(ref.path, []).append((name, ref))
             found.repositories.add(ref.path)
@@ -238,7 +256,7 @@ def _plan_repository(
         if found is None:
             continue
         deletes.append(digest)
-        name = f"{cfg.registry.url}/{repository}@{digest}"
+        name = f"{cfg.registry.host}/{repository}@{digest}"
         plan.untagged.append(ImageRemoval(name, repository, digest, size=_blob_bytes(found.body)))
     if not deletes:
         del plan.deletes[repository]
