@@ -253,3 +253,20 @@ def test_export_of_the_other_form_leaves_nothing_stale(tmp_path: Path, first_spl
     with archive.reading(name, parts) as (tar, _):
         info = tar.next()
         assert info is not None and info.name == "files/p"
+
+
+@pytest.mark.parametrize("key", ["../../etc/x", "Docker.io/NGINX", "nginx:bad tag"])
+def test_an_image_key_that_is_no_reference_is_refused(tmp_path: Path, key: str) -> None:
+    """Names an image is pushed under are made from its key: junk there is refused before
+    anything is staged (and no registry is asked)."""
+    from mirror.config import Config
+
+    cfg = Config(data_dir=tmp_path / "data", repos_dir=tmp_path / "repos")
+    image = mf.ImageEntry(key=key, ref="i00000", digest="sha256:" + "a" * 64, names=[], blobs=[])
+    body = _manifest([]).model_copy(update={"images": [image]}).dump()
+    dest = tmp_path / "img.tar"
+    with archive.writing(dest, None, False) as (tar, writer):
+        tar.addfile(archive.tar_info("manifest.json", len(body)), io.BytesIO(body))
+    writer.commit()
+    with pytest.raises(ArchiveError, match=f"img.tar: image {key!r}"):
+        importer.import_archive(cfg, [dest])

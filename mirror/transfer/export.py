@@ -29,7 +29,9 @@ from mirror.yum.metadata import REPOMD, UpstreamMetadata, parse_packages, parse_
 from mirror.yum.sync import key_path
 
 log = logging.getLogger("mirror")
-STATE_KINDS = ("images", "files", "charts")
+# state/kubeadm/: kubeadm's own image lists (mirror.kubernetes.images) cached at sync time, so
+# an import-only site's node configs and prune use them rather than the built-in table.
+STATE_KINDS = ("images", "files", "charts", "kubeadm")
 
 
 @dataclass(frozen=True)
