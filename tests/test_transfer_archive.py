@@ -270,3 +270,26 @@ def test_an_image_key_that_is_no_reference_is_refused(tmp_path: Path, key: str) 
     writer.commit()
     with pytest.raises(ArchiveError, match=f"img.tar: image {key!r}"):
         importer.import_archive(cfg, [dest])
+
+
+def test_a_state_record_that_is_no_json_object_is_refused_before_publishing(
+    tmp_path: Path,
+) -> None:
+    from mirror.config import Config
+
+    cfg = Config(data_dir=tmp_path / "data", repos_dir=tmp_path / "repos")
+    payload = {"files/x": b"new", "state/files/x.json": b"[1, 2]"}
+    members = [
+        mf.Member(path=p, size=len(d), sha256=hashlib.sha256(d).hexdigest())
+        for p, d in payload.items()
+    ]
+    body = _manifest(members).dump()
+    dest = tmp_path / "state.tar"
+    with archive.writing(dest, None, False) as (tar, writer):
+        tar.addfile(archive.tar_info("manifest.json", len(body)), io.BytesIO(body))
+        for path, data in payload.items():
+            tar.addfile(archive.tar_info(path, len(data)), io.BytesIO(data))
+    writer.commit()
+    with pytest.raises(ArchiveError, match="state.tar: state/files/x.json: not a JSON object"):
+        importer.import_archive(cfg, [dest])
+    assert not (cfg.data_dir / "files" / "x").exists()

@@ -25,13 +25,11 @@ from mirror.progress import human_bytes, progress_for
 from mirror.repofile import expand_targets, load_definitions
 from mirror.transfer import archive, oci
 from mirror.transfer.manifest import Base, ImageEntry, Manifest, Member, RepoEntry
+from mirror.transfer.publishers import STATE_KINDS
 from mirror.yum.metadata import REPOMD, UpstreamMetadata, parse_packages, parse_repomd
 from mirror.yum.sync import key_path
 
 log = logging.getLogger("mirror")
-# state/kubeadm/: kubeadm's own image lists (mirror.kubernetes.images) cached at sync time, so
-# an import-only site's node configs and prune use them rather than the built-in table.
-STATE_KINDS = ("images", "files", "charts", "kubeadm")
 
 
 @dataclass(frozen=True)

@@ -304,6 +304,7 @@ def _publish_all(cfg: Config, name: str, manifest: Manifest, base: Manifest | No
         # Everything that can refuse the import first.
         targets, definitions = _targets(cfg, name, manifest)
         jobs = [publishers.prepare_repo(cfg, name, t, staging) for t in targets]
+        publishers.check_state(name, staging)
         trees = {
             top: publishers.prepare_tree(cfg, name, manifest, top, staging)
             for top in ("files", "charts")

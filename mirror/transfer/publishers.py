@@ -203,13 +203,30 @@ def publish_tree(cfg: Config, manifest: Manifest, top: str, moves: list[tuple[Pa
                 os.unlink(path)
 
 
+# state/kubeadm/: kubeadm's own image lists (mirror.kubernetes.images) cached at sync time, so
+# an import-only site's node configs and prune use them rather than the built-in table.
+STATE_KINDS = ("images", "files", "charts", "kubeadm")
+
+
+def check_state(name: str, staging: Path) -> None:
+    """Every staged record is a JSON object (before anything is published)."""
+    for kind in STATE_KINDS:
+        for path in sorted((staging / "state" / kind).glob("*.json")):
+            try:
+                data = json.loads(path.read_bytes())
+            except ValueError as exc:
+                raise ArchiveError(name, f"state/{kind}/{path.name}: not JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise ArchiveError(name, f"state/{kind}/{path.name}: not a JSON object")
+
+
 def publish_state(
     cfg: Config, manifest: Manifest, staging: Path, image_names: dict[str, tuple[str, ...]]
 ) -> None:
     """The exporting side's records of images, files, charts and kubeadm image lists,
     written here (images under the names they were pushed to here: `image_names`, from
     mirror.transfer.oci.import_names); records of files and charts not in the archive go."""
-    for kind in ("images", "files", "charts", "kubeadm"):
+    for kind in STATE_KINDS:
         staged = staging / "state" / kind
         names = {p.name for p in staged.glob("*.json")} if staged.is_dir() else set()
         for path in sorted(staged.glob("*.json")) if staged.is_dir() else []:
