@@ -137,6 +137,7 @@ class DownloadJob:
     opts: RequestOptions
     label: str = ""  # for messages and progress (a package's NEVRA)
     limit: int | None = None  # refuse a body past this when expected.size is not known
+    headers: tuple[str, ...] = ()  # extra request headers ("Authorization: Bearer ...")
 
 
 def new_hash(checksum_type: str) -> Any:

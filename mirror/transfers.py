@@ -212,7 +212,7 @@ class MultiDownloader:
         offset = transfer.begin()
         job = transfer.job
         ranged = [f"Range: bytes={offset}-"] if offset else []
-        configure(handle, job.url, job.opts, transfer.guard, ranged)
+        configure(handle, job.url, job.opts, transfer.guard, [*ranged, *job.headers])
         handle.setopt(pycurl.HEADERFUNCTION, transfer.collector)
         handle.setopt(pycurl.WRITEFUNCTION, transfer.on_data)
 

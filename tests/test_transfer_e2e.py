@@ -433,6 +433,24 @@ def _craft(dest: Path, manifest: dict[str, object], extra: dict[str, bytes]) -> 
     return dest
 
 
+def _without(src: Path, dest: Path, drop: str) -> Path:
+    """A copy of the archive `src` without member `drop`, in its manifest.json as well."""
+    with tarfile.open(src) as tar, tarfile.open(dest, "w") as out:
+        for info in tar:
+            handle = tar.extractfile(info)
+            assert handle is not None
+            data = handle.read()
+            if info.name == "manifest.json":
+                doc = json.loads(data)
+                doc["members"] = [m for m in doc["members"] if m["path"] != drop]
+                data = json.dumps(doc).encode()
+            elif info.name == drop:
+                continue
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return dest
+
+
 @pytest.mark.reliability
 def test_damaged_archives_are_refused_and_the_previous_state_keeps_serving(
     exports: Exports, tmp_path: Path
@@ -479,6 +497,11 @@ def test_damaged_archives_are_refused_and_the_previous_state_keeps_serving(
     assert "refusing member path '../../etc/cron.d/x'" in _refused(
         side, _craft(bad / "dots.tar", evil, {})
     )
+    # repo_gpgcheck=1 and the archive has no repomd.xml.asc (member and manifest line gone):
+    # refused naming the repo, as a sync refuses it.
+    asc = "repos/kubernetes/repodata/repomd.xml.asc"
+    line = _refused(side, _without(exports.path("base.tar"), bad / "unsigned.tar", asc))
+    assert "unsigned.tar: repo kubernetes: repo_gpgcheck=1" in line and "repomd.xml.asc" in line
     # Not an export at all.
     (bad / "plain.tar").write_bytes(b"\0" * 10240)
     assert "manifest.json is not the first member" in _refused(side, bad / "plain.tar")
@@ -585,3 +608,175 @@ def test_a_delta_refuses_when_base_content_is_gone(exports: Exports, tmp_path: P
     rpm.unlink()
     line = _refused(side, exports.path("delta.tar"))
     assert f"package x86_64/{rpm.name} is neither in the archive nor published here" in line
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.decode().strip()}")
+
+
+def _blob_archive(dest: Path, data: bytes) -> Path:
+    """An archive carrying one image blob of `data` (a real member, right sha256)."""
+    sha = hashlib.sha256(data).hexdigest()
+    manifest = {
+        "mirror_version": "test",
+        "created": "2026-12-01T00:00:00+00:00",
+        "config_file": "",
+        "config_sha256": "0" * 64,
+        "config_text": "",
+        "registry": "127.0.0.1:5000",
+        "base_url": "http://127.0.0.1:8080",
+        "members": [{"path": f"oci/blobs/sha256/{sha}", "size": len(data), "sha256": sha}],
+    }
+    return _craft(dest, manifest, {f"oci/blobs/sha256/{sha}": data})
+
+
+@pytest.mark.reliability
+def test_image_blobs_count_twice_when_the_embedded_registry_stores_on_the_same_disk(
+    tmp_path: Path,
+) -> None:
+    """1.2 MiB of blobs fit a 2 MiB data_dir once, not twice: staged, then pushed into the
+    embedded registry's filesystem storage under data_dir. An external registry stores them
+    elsewhere: then the same archive fits."""
+    archive_file = _blob_archive(tmp_path / "blobs.tar", random.Random(4).randbytes(1200 << 10))
+    side = inside(tmp_path, "inside")
+    _mount_tmpfs(side.data, "2m")
+    try:
+        proc = side.run("import", str(archive_file))
+        assert proc.returncode == 1, proc.stderr
+        assert "blobs.tar: needs 2.3 MiB under data_dir" in proc.stderr
+        assert "nothing was imported" in proc.stderr
+        assert not (side.data / ".staging" / "import").exists()
+        side.write(registry={"url": side.registry, "embedded": False})
+        side.ok("import", str(archive_file))
+    finally:
+        subprocess.run(["umount", "-l", str(side.data)], check=False)
+
+
+def _registry_up(side: Side) -> subprocess.Popen[bytes]:
+    """The side's embedded registry in the foreground (`mirror registry`), for clients."""
+    proc = side.start("registry")
+    wait_http(f"http://{side.registry}/v2/")
+    return proc
+
+
+def _images_txt(side: Side) -> dict[str, str]:
+    """upstream -> mirrored@digest, from the side's rendered /images.txt."""
+    text = (side.data / "www" / "images.txt").read_text()
+    rows = [line.split() for line in text.splitlines() if line and not line.startswith("#")]
+    return {upstream: mirrored for upstream, mirrored in rows}
+
+
+def test_import_names_images_by_the_importing_sides_layout(
+    exports: Exports, tmp_path: Path
+) -> None:
+    """Images land where the importing side's config says (its registry.url, path prefix and
+    layout), whatever the exporting side's were, as its own sync would name them; the
+    kubeadm image lists cached at sync time travel along (issue 11 review, items 1 and 5)."""
+    from mirror.config import load_config
+    from mirror.kubernetes.kubeadm_binary import BinaryList, load_cached, save_cached
+
+    # Nested, no prefix (the outside) -> flat below a path prefix.
+    flat = inside(tmp_path, "flat")
+    flat.write(registry={"url": f"{flat.registry}/site", "embedded": True, "layout": "flat"})
+    flat.ok("import", str(exports.path("base.tar")))
+    names = {
+        IMAGES[0]: f"{flat.registry}/site/nginx:1.25",
+        IMAGES[1]: f"{flat.registry}/site/pause:3.9",
+    }
+    records = {
+        json.loads(p.read_text())["key"]: json.loads(p.read_text())["mirrored"]
+        for p in (flat.data / "state" / "images").glob("*.json")
+    }
+    assert records == {ref: [name] for ref, name in names.items()}
+    assert _images_txt(flat) == {r: f"{n}@{exports.before[r]}" for r, n in names.items()}
+    # No kubeadm binary here: the list a sync's kubeadm run would cache is saved the way the
+    # sync saves it, then exported with the rest.
+    listed = BinaryList("v1.28.2", ("registry.k8s.io/pause:3.9",), "kubeadm-1.28.2", "c" * 64)
+    save_cached(load_config(flat.config), listed)
+    proc = _registry_up(flat)
+    try:
+        for ref, name in names.items():
+            assert manifest_digest(name) == exports.before[ref]
+        flat.ok("export", str(tmp_path / "flat.tar"))  # copies out of the flat names
+    finally:
+        stop_process(proc)
+
+    # Flat with a prefix -> the default nested layout.
+    nested = inside(tmp_path, "nested")
+    nested.ok("import", str(tmp_path / "flat.tar"))
+    assert digests(nested) == exports.before
+    assert _images_txt(nested) == {
+        ref: f"{nested.registry}/{ref}@{digest}" for ref, digest in exports.before.items()
+    }
+    proc = _registry_up(nested)
+    try:
+        for ref in IMAGES:
+            assert manifest_digest(f"{nested.registry}/{ref}") == exports.before[ref]
+    finally:
+        stop_process(proc)
+    assert load_cached(load_config(nested.config), "v1.28.2") == listed
+
+
+def test_delta_into_a_registry_that_wants_credentials(exports: Exports, tmp_path: Path) -> None:
+    """The importing side's registry is external, TLS with its own CA and htpasswd: the blobs
+    a delta shares with its base are read back with the authfile and the CA."""
+    import base64
+
+    from tests.fixtures.registry import htpasswd_auth
+    from tests.fixtures.testca import make_test_ca
+
+    if shutil.which("htpasswd") is None:
+        pytest.skip("htpasswd (apache2-utils) is needed")
+    user, password = "importer", "s3cret-imp0rt"
+    ca = make_test_ca(tmp_path / "pki", "site")
+    registry = start_registry(
+        tmp_path / "sitereg", auth=htpasswd_auth(tmp_path / "auth", user, password), tls=ca
+    )
+    try:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        authfile = tmp_path / "auth.json"
+        authfile.write_text(json.dumps({"auths": {registry.host: {"auth": token}}}))
+        side = inside(
+            tmp_path,
+            "inside",
+            registry={
+                "url": registry.host,
+                "embedded": False,
+                "authfile": str(authfile),
+                "ca_file": str(ca.ca_cert),
+            },
+        )
+        side.ok("import", str(exports.path("base.tar")))
+        side.ok("import", str(exports.path("delta.tar")))
+        assert digests(side) == exports.after
+        cert_dir = tmp_path / "certs"
+        cert_dir.mkdir()
+        shutil.copy(ca.ca_cert, cert_dir / "ca.crt")
+        for ref in [*IMAGES, NEW_IMAGE]:
+            raw = subprocess.run(
+                ["skopeo", "inspect", "--raw", "--no-tags", "--creds", f"{user}:{password}"]
+                + ["--cert-dir", str(cert_dir), f"docker://{registry.host}/{ref}"],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout
+            assert "sha256:" + hashlib.sha256(raw).hexdigest() == exports.after[ref]
+    finally:
+        registry.stop()
+
+
+@pytest.mark.reliability
+def test_a_delta_whose_base_blobs_left_the_registry_names_the_status(
+    exports: Exports, tmp_path: Path
+) -> None:
+    side = inside(tmp_path, "inside")
+    side.ok("import", str(exports.path("base.tar")))
+    shutil.rmtree(side.data / "registry" / "storage")  # as if the registry had been reset
+    line = _refused(side, exports.path("delta.tar"))
+    assert "the delta expects from its base is not in registry" in line
+    assert "HTTP 404" in line and "import the base archive first" in line

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mirror.errors import ImageSyncError
-from mirror.http import Fetcher, FetchError, Reply, RequestOptions
+from mirror.http import DownloadJob, Expected, Fetcher, FetchError, Reply, RequestOptions
 from mirror.images.manifest import ACCEPT, digest_of
 from mirror.images.refs import BadReference, ImageRef, parse_reference
 from mirror.images.regauth import Authenticator, AuthError, AuthFile
@@ -247,6 +247,46 @@ class RegistryAPI:
             why = f"deletes are disabled in the registry's config ({why})"
         raise self._local_error(repository, f"deleting {digest}: {why}")
 
+    def local_blob(self, repository: str, digest: str, dest: Path, size: int) -> bool:
+        """Blob `digest` of `repository` in our registry streamed into `dest` (verified
+        against digest and size while written, renamed into place: mirror.transfers), with
+        the authfile's credentials and the challenge the registry asks for. False when the
+        registry has no such blob; ImageSyncError naming the HTTP status otherwise."""
+        loc = Location(
+            self._local_url, repository, insecure=not self._local_tls, ca_file=self._local_ca
+        )
+        base = self._base(loc, True)  # the ping learnt the registry's challenge, if any
+        creds = self._local_auth.lookup(loc.host, repository)
+        algorithm, _, hexdigest = digest.partition(":")
+        for attempt in range(2):
+            try:
+                auth = self._auth.headers(base.url, repository, creds, base.opts)
+            except AuthError as exc:
+                raise self._local_error(repository, f"blob {digest}: {exc}") from None
+            job = DownloadJob(
+                f"{base.url}/v2/{repository}/blobs/{digest}",
+                dest,
+                Expected(algorithm, hexdigest, size),
+                base.opts,
+                label=digest,
+                headers=tuple(f"{k}: {v}" for k, v in auth.items()),
+            )
+            failed = self._fetcher.download_many([job])
+            if not failed:
+                return True
+            # Why, asked with HEAD (no GET first: a storage redirect is presigned for GET):
+            # it also learns a challenge the ping did not get and renews an expired token.
+            reply = self._local("HEAD", repository, f"blobs/{digest}")
+            if reply.status == 404 or _error_codes(reply) & (_MISSING_CODES | {"BLOB_UNKNOWN"}):
+                return False
+            if reply.status != 200:
+                reason = {401: "unauthorized", 403: "access denied"}.get(reply.status, "refused")
+                why = f"{reason} (HTTP {reply.status})"
+                raise self._local_error(repository, f"blob {digest}: {why}")
+            if attempt:
+                raise self._local_error(repository, f"blob {digest}: {failed[0][1]}")
+        return False  # not reached: the second attempt returns or raises
+
     # -- one manifest request --------------------------------------------------------------
 
     def _manifest(
@@ -353,4 +393,3 @@ class RegistryAPI:
         if reply.status == 401:
             self._auth.learn(base.url, reply.headers.get("www-authenticate"))
         return base
-

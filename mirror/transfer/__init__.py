@@ -15,6 +15,7 @@ Members live under fixed top directories:
                                       original digests, shared blobs stored once
     files/<path>, charts/<repo>/...   mirrored files; chart tarballs and index.yaml
     state/{images,files,charts}/*.json the exporting side's records (status shows them)
+    state/kubeadm/<version>.json      kubeadm's own image lists, cached at sync time
 
 A delta (`--since BASE`) lists the same members as a full export would and leaves out the
 content (packages, image configs and layers, files, chart tarballs) the base has with the

@@ -79,8 +79,10 @@ class PartWriter(io.RawIOBase):
         return done
 
     def commit(self) -> list[Path]:
-        """Close the last part and rename every part into place; stale parts of an older
-        export to the same name (DEST.005 when this one has 3 parts) are removed."""
+        """Close the last part and rename every part into place; what an older export to the
+        same name left of the other form (DEST next to new DEST.000..., or DEST.000... next
+        to a new DEST) and its stale higher parts (DEST.005 when this one has 3) are removed:
+        `mirror import DEST*` must find this export alone."""
         if self._out is None and not self.temps:
             self._next_part()
         self._close_part()
@@ -88,9 +90,11 @@ class PartWriter(io.RawIOBase):
             part_name(self.dest, i) if self.split else self.dest for i in range(len(self.temps))
         ]
         fsutil.durable_move_all(zip(self.temps, finals, strict=True), sync_src=False)
-        if self.split:
-            for stale in existing_parts(self.dest)[len(finals) :]:
-                stale.unlink()
+        stale = existing_parts(self.dest)[len(finals) if self.split else 0 :]
+        if self.split and (self.dest.is_file() or self.dest.is_symlink()):
+            stale.append(self.dest)
+        for path in stale:
+            path.unlink()
         return finals
 
     def abort(self) -> None:

@@ -25,11 +25,11 @@ from mirror.progress import human_bytes, progress_for
 from mirror.repofile import expand_targets, load_definitions
 from mirror.transfer import archive, oci
 from mirror.transfer.manifest import Base, ImageEntry, Manifest, Member, RepoEntry
+from mirror.transfer.publishers import STATE_KINDS
 from mirror.yum.metadata import REPOMD, UpstreamMetadata, parse_packages, parse_repomd
 from mirror.yum.sync import key_path
 
 log = logging.getLogger("mirror")
-STATE_KINDS = ("images", "files", "charts")
 
 
 @dataclass(frozen=True)

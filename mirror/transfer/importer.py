@@ -34,6 +34,7 @@ import zstandard
 from mirror import fsutil, state
 from mirror.config import Config
 from mirror.errors import ArchiveError, MirrorError
+from mirror.images.registry import registry_dir
 from mirror.progress import Progress, human_bytes, progress_for
 from mirror.repofile import RepoTarget
 from mirror.transfer import archive, oci, publishers
@@ -183,9 +184,35 @@ def _extract(
         )
 
 
+def _device(path: Path) -> int:
+    """st_dev of `path`, or of its nearest existing parent (the storage may not exist yet)."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate.stat().st_dev
+        except FileNotFoundError:
+            continue
+    return -1
+
+
+def needed_bytes(cfg: Config, manifest: Manifest) -> int:
+    """What the import writes under data_dir's file system: every carried member once (in
+    staging, then moved into place), and the image blobs once more when the embedded
+    registry keeps its filesystem storage there too (skopeo copies them out of staging)."""
+    carried = [m for m in manifest.members if m.carried]
+    needed = sum(m.size for m in carried)
+    storage = registry_dir(cfg) / "storage"
+    if (
+        cfg.registry.embedded
+        and cfg.registry.storage is None
+        and _device(storage) == _device(staging_dir(cfg))
+    ):
+        needed += sum(m.size for m in carried if m.path.startswith(f"{oci.OCI_DIR}/blobs/"))
+    return needed
+
+
 def _check_space(cfg: Config, name: str, needed: int) -> None:
-    """Refused before a byte is staged when the carried members cannot fit under data_dir
-    (staging and the published trees share its file system)."""
+    """Refused before a byte is staged when what the import writes cannot fit under
+    data_dir (staging and the published trees share its file system)."""
     free = shutil.disk_usage(staging_dir(cfg)).free
     if needed > free:
         raise MirrorError(
@@ -207,9 +234,10 @@ def _read_and_verify(
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             raise ArchiveError(reader.current, f"cannot read {MANIFEST_NAME}: {exc}") from None
         manifest = mf.parse(name, raw)
+        oci.import_names(cfg, name, manifest.images)  # bad image keys refused before staging
         base = _check_base(cfg, name, manifest)
         carried = [m for m in manifest.members if m.carried]
-        _check_space(cfg, name, sum(m.size for m in carried))
+        _check_space(cfg, name, needed_bytes(cfg, manifest))
         progress = progress_for(
             f"import {Path(name).name}", len(carried), sum(m.size for m in carried), "verifying"
         )
@@ -276,39 +304,44 @@ def _publish_all(cfg: Config, name: str, manifest: Manifest, base: Manifest | No
         # Everything that can refuse the import first.
         targets, definitions = _targets(cfg, name, manifest)
         jobs = [publishers.prepare_repo(cfg, name, t, staging) for t in targets]
+        publishers.check_state(name, staging)
         trees = {
             top: publishers.prepare_tree(cfg, name, manifest, top, staging)
             for top in ("files", "charts")
         }
-        images = _prepare_images(cfg, name, manifest, base, session) if session else None
+        names = oci.import_names(cfg, name, manifest.images)
+        images = _prepare_images(cfg, name, manifest, base, session, names) if session else None
         publishers.install_definitions(cfg, definitions)
         for job in jobs:
             publishers.publish_repo(cfg, name, job)
         for top, moves in trees.items():
             publishers.publish_tree(cfg, manifest, top, moves)
         if images is not None:
-            oci.push_images(cfg, staging / oci.OCI_DIR, *images)
-        publishers.publish_state(cfg, manifest, staging)
+            oci.push_images(cfg, staging / oci.OCI_DIR, *images, names)
+        publishers.publish_state(cfg, manifest, staging, names)
 
 
 def _prepare_images(
-    cfg: Config, name: str, manifest: Manifest, base: Manifest | None, session: ImageSession
+    cfg: Config,
+    name: str,
+    manifest: Manifest,
+    base: Manifest | None,
+    session: ImageSession,
+    names: dict[str, tuple[str, ...]],
 ) -> tuple[list[ImageEntry], dict[str, str | None]]:
-    """The images to push (some name lacks their digest) with every blob they need in the
-    staging layout (a delta's shared blobs fetched back), and what each name holds now."""
+    """The images to push (some name here lacks their digest) with every blob they need in
+    the staging layout (a delta's shared blobs fetched back), and what each name holds now."""
+    layout = staging_dir(cfg) / oci.OCI_DIR
+    oci.check_refs(name, layout, manifest.images)
     present: dict[str, str | None] = {}
     for image in manifest.images:
-        for n in image.names:
-            dest = f"{cfg.registry.url}/{n}"
+        for dest in names[image.key]:
             present[dest] = session.api.local_digest(dest, image.key)
-    wanted = [
-        i
-        for i in manifest.images
-        if any(present[f"{cfg.registry.url}/{n}"] != i.digest for n in i.names)
-    ]
+    wanted = [i for i in manifest.images if any(present[d] != i.digest for d in names[i.key])]
     oci.fetch_base_blobs(
+        session.api,
         cfg,
-        staging_dir(cfg) / oci.OCI_DIR,
+        layout,
         wanted,
         manifest.member_map(),
         list(base.images) if base else [],

@@ -125,6 +125,16 @@ def parse(source: str, data: bytes) -> Manifest:
         if not _SHA256_RE.match(member.sha256):
             raise ArchiveError(source, f"{MANIFEST_NAME}: bad sha256 for {member.path}")
         seen.add(member.path)
+    for member in manifest.members:
+        # A file that is also another member's directory cannot be staged (the second one
+        # would fail with a bare OSError): refused here, naming both.
+        parts = member.path.split("/")
+        for depth in range(2, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in seen:
+                raise ArchiveError(
+                    source, f"{MANIFEST_NAME} lists {member.path} below the file {parent}"
+                )
     for repo in manifest.repos:
         # Each becomes a directory under repos/ (publish_dir also refuses leaving it).
         parts = [repo.repo_id, *(value for _, value in repo.values)]

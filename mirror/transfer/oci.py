@@ -7,7 +7,13 @@ layers are content (`ImageEntry.blobs`): a delta carries only those its base lac
 delta's image is pushed, the layers it shares with the base are fetched back from the
 importing side's registry (where the base put them; GET /v2/<repo>/blobs/<digest>, verified
 against the digest while streaming) into the staging layout: skopeo reading `oci:` needs
-every blob it cannot find at the destination under the same repository.
+every blob it cannot find at the destination under the same repository. Those requests go
+through mirror.images.regapi (the registry's authfile, Basic or Bearer challenge, its CA).
+
+Names: an image is pushed under the names the importing side's image sync would give its
+upstream reference (the entry's key) with that side's registry.url and layout
+(`import_names`), so node configs, images.txt and prune find it there. The archive's `names`
+(the exporting side's) are never pushed to.
 """
 
 from __future__ import annotations
@@ -17,14 +23,24 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mirror import state, tls
+from mirror import state
 from mirror.config import Config
 from mirror.errors import ArchiveError, ImageSyncError
-from mirror.http import DownloadJob, Expected, Fetcher, RequestOptions
 from mirror.images import skopeo
+from mirror.images.refs import (
+    BadReference,
+    ImageJob,
+    RegistryLayout,
+    check_unique,
+    image_job,
+    parse_reference,
+)
 from mirror.transfer.manifest import ImageEntry, Member
+
+if TYPE_CHECKING:
+    from mirror.images.regapi import RegistryAPI
 
 log = logging.getLogger("mirror")
 
@@ -116,15 +132,57 @@ def _registry(cfg: Config) -> skopeo.Endpoint:
     return local_endpoint(cfg)
 
 
-def _blob_source(digest: str, images: Iterable[ImageEntry]) -> str | None:
-    """A repository of an image (of the base) holding the blob."""
+def import_names(
+    cfg: Config, source: str, images: Sequence[ImageEntry]
+) -> dict[str, tuple[str, ...]]:
+    """Image key -> its names in *our* registry ("HOST/repository:tag"), made from the key (the
+    upstream reference) with this side's registry.url and layout, as the image sync makes
+    them: the archive's own names are the exporting side's and are never pushed to. A key
+    that is no image reference is refused (ArchiveError); names that collide in a flat
+    layout are refused as a sync refuses them (ConfigError)."""
+    layout = RegistryLayout.of(cfg.registry)
+    jobs: dict[str, ImageJob] = {}
+    for image in images:
+        try:
+            ref = parse_reference(image.key)
+        except BadReference as exc:
+            raise ArchiveError(source, f"image {image.key!r}: {exc}") from None
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", image.digest):
+            raise ArchiveError(source, f"image {image.key}: refusing digest {image.digest!r}")
+        jobs[image.key] = image_job(ref, layout)
+    check_unique(jobs.values(), layout)
+    return {key: job.destinations for key, job in jobs.items()}
+
+
+def check_refs(source: str, layout: Path, images: Sequence[ImageEntry]) -> None:
+    """Each image's ref names its digest in the staged layout's index.json."""
+    try:
+        refs = layout_refs(layout) if images else {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArchiveError(source, f"{OCI_DIR}/index.json: {exc}") from None
+    for image in images:
+        if refs.get(image.ref) != image.digest:
+            raise ArchiveError(
+                source,
+                f"image {image.key}: {OCI_DIR}/index.json has no {image.ref} at {image.digest}",
+            )
+
+
+def _blob_source(digest: str, images: Iterable[ImageEntry], layout: RegistryLayout) -> str | None:
+    """The repository (in our registry, below /v2/) of an image of the base holding the blob:
+    where the base's import pushed it."""
     for image in images:
         if digest in image.blobs:
-            return repository(image.names[0])
+            try:
+                ref = parse_reference(image.key)
+            except BadReference:
+                continue
+            return layout.repository(ref.host, ref.path)
     return None
 
 
 def fetch_base_blobs(
+    api: RegistryAPI,
     cfg: Config,
     layout: Path,
     wanted: Sequence[ImageEntry],
@@ -133,54 +191,58 @@ def fetch_base_blobs(
     base_name: str,
 ) -> int:
     """Blobs of `wanted` images missing from the staging layout (a delta did not carry them),
-    fetched from our registry and verified. ArchiveError naming the blob when it is gone."""
-    verify = tls.local_registry_verify(cfg)
-    scheme = "https" if verify else "http"
-    # Names are relative to registry.url, whose path (a Harbor project) is below /v2/.
-    base = f"{scheme}://{cfg.registry.host}/v2/" + (cfg.registry.prefix + "/").lstrip("/")
-    opts = RequestOptions(verify_tls=verify, ca_file=tls.local_registry_ca(cfg))
-    jobs: list[DownloadJob] = []
+    fetched from our registry through the registry API (its authfile, auth challenge and CA)
+    and verified. ArchiveError naming the blob when it is gone or cannot be read."""
+    names = RegistryLayout.of(cfg.registry)
+    jobs: list[tuple[str, str, Path, int]] = []
     for image in wanted:
         for digest in image.blobs:
             dest = blob_path(layout, digest)
-            if dest.exists() or any(j.dest == dest for j in jobs):
+            if dest.exists() or any(j[2] == dest for j in jobs):
                 continue
             member = members.get(f"{OCI_DIR}/blobs/sha256/{digest.split(':')[1]}")
-            source = _blob_source(digest, base_images)
+            source = _blob_source(digest, base_images, names)
             if member is None or source is None:
                 raise ArchiveError(
                     base_name, f"image {image.key}: blob {digest} is in neither archive nor base"
                 )
-            url = f"{base}{source}/blobs/{digest}"
-            expected = Expected("sha256", digest.split(":")[1], member.size)
-            jobs.append(DownloadJob(url, dest, expected, opts, label=digest))
+            jobs.append((source, digest, dest, member.size))
     if not jobs:
         return 0
-    dest_dir = layout / "blobs" / "sha256"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    with Fetcher(timeout=cfg.http_timeout, retries=cfg.http_retries) as fetcher:
-        failures = fetcher.download_many(jobs)
-    if failures:
-        job, exc = failures[0]
-        raise ArchiveError(
-            base_name,
-            f"blob {job.label} the delta expects from its base is not in registry "
-            f"{cfg.registry.url} ({exc}); import the base archive first",
-        )
+    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    for repository, digest, dest, size in jobs:
+        try:
+            found = api.local_blob(repository, digest, dest, size)
+        except ImageSyncError as exc:
+            raise ArchiveError(
+                base_name,
+                f"blob {digest} the delta expects from its base cannot be read from registry "
+                f"{cfg.registry.url}: {exc}",
+            ) from None
+        if not found:
+            raise ArchiveError(
+                base_name,
+                f"blob {digest} the delta expects from its base is not in registry "
+                f"{cfg.registry.url} ({repository}: blob unknown, HTTP 404); "
+                "import the base archive first",
+            )
     log.info("import: %d blobs shared with the base fetched from %s", len(jobs), cfg.registry.url)
     return len(jobs)
 
 
 def push_images(
-    cfg: Config, layout: Path, images: Sequence[ImageEntry], present: dict[str, str | None]
+    cfg: Config,
+    layout: Path,
+    images: Sequence[ImageEntry],
+    present: dict[str, str | None],
+    names: dict[str, tuple[str, ...]],
 ) -> int:
-    """Push every image under each of its names (digests preserved); names already holding
-    the digest (`present`) are skipped. Returns how many names were pushed."""
+    """Push every image under each of its names here (`import_names`; digests preserved);
+    names already holding the digest (`present`) are skipped. Returns how many were pushed."""
     pushed = 0
     registry = _registry(cfg)
     for image in images:
-        for name in image.names:
-            dest = f"{cfg.registry.url}/{name}"
+        for dest in names[image.key]:
             if present.get(dest) == image.digest:
                 continue
             skopeo.copy_all(

@@ -94,6 +94,14 @@ def prepare_repo(cfg: Config, name: str, target: RepoTarget, staging: Path) -> R
     asc_path = stage / (REPOMD + ".asc")
     signature = asc_path.read_bytes() if asc_path.is_file() else None
     keys = _keys(cfg, staging, target)
+    filtered = cfg.repo_filters.get(target.repo_id) is not None
+    if target.definition.repo_gpgcheck and signature is None and not filtered:
+        # As a sync refuses it: published unfiltered, the metadata is served as signed by
+        # upstream, and nodes with repo_gpgcheck=1 would fail on it. (Filtered, it is
+        # regenerated here and served unsigned anyway.)
+        raise ArchiveError(
+            name, f"repo {key}: repo_gpgcheck=1 but the archive has no {REPOMD}.asc for it"
+        )
     if target.definition.repo_gpgcheck and signature is not None:
         try:
             gpg.verify_detached(repomd, signature, keys)
@@ -195,10 +203,30 @@ def publish_tree(cfg: Config, manifest: Manifest, top: str, moves: list[tuple[Pa
                 os.unlink(path)
 
 
-def publish_state(cfg: Config, manifest: Manifest, staging: Path) -> None:
-    """The exporting side's records of images, files and charts, written here (images
-    under this side's registry.url); records of files and charts not in the archive go."""
-    for kind in ("images", "files", "charts"):
+# state/kubeadm/: kubeadm's own image lists (mirror.kubernetes.images) cached at sync time, so
+# an import-only site's node configs and prune use them rather than the built-in table.
+STATE_KINDS = ("images", "files", "charts", "kubeadm")
+
+
+def check_state(name: str, staging: Path) -> None:
+    """Every staged record is a JSON object (before anything is published)."""
+    for kind in STATE_KINDS:
+        for path in sorted((staging / "state" / kind).glob("*.json")):
+            try:
+                data = json.loads(path.read_bytes())
+            except ValueError as exc:
+                raise ArchiveError(name, f"state/{kind}/{path.name}: not JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise ArchiveError(name, f"state/{kind}/{path.name}: not a JSON object")
+
+
+def publish_state(
+    cfg: Config, manifest: Manifest, staging: Path, image_names: dict[str, tuple[str, ...]]
+) -> None:
+    """The exporting side's records of images, files, charts and kubeadm image lists,
+    written here (images under the names they were pushed to here: `image_names`, from
+    mirror.transfer.oci.import_names); records of files and charts not in the archive go."""
+    for kind in STATE_KINDS:
         staged = staging / "state" / kind
         names = {p.name for p in staged.glob("*.json")} if staged.is_dir() else set()
         for path in sorted(staged.glob("*.json")) if staged.is_dir() else []:
@@ -207,11 +235,12 @@ def publish_state(cfg: Config, manifest: Manifest, staging: Path) -> None:
                 entry = next((i for i in manifest.images if i.key == data.get("key")), None)
                 if entry is None:
                     continue
-                data["mirrored"] = [f"{cfg.registry.url}/{n}" for n in entry.names]
+                data["mirrored"] = list(image_names[entry.key])
             fsutil.atomic_write_text(
                 cfg.state_root / kind / path.name, json.dumps(data, indent=2, sort_keys=True)
             )
-        if kind != "images" and (cfg.state_root / kind).is_dir():
+        # kubeadm lists are keyed by the rpm they came from: one the archive lacks is kept.
+        if kind in ("files", "charts") and (cfg.state_root / kind).is_dir():
             for old in (cfg.state_root / kind).glob("*.json"):
                 if old.name not in names:
                     old.unlink()
