@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,8 @@ class DownloadJob:
     opts: RequestOptions
     label: str = ""  # for messages and progress (a package's NEVRA)
     limit: int | None = None  # refuse a body past this when expected.size is not known
-    headers: tuple[str, ...] = ()  # extra request headers ("Authorization: Bearer ...")
+    # Extra request headers ("Authorization: Bearer ..."): never in a repr or a log line.
+    headers: tuple[str, ...] = field(default=(), repr=False)
 
 
 def new_hash(checksum_type: str) -> Any:

@@ -231,10 +231,14 @@ def containerd_hosts(cfg: Config) -> list[str]:
     """Hosts that get a hosts.toml: every mirrored upstream (nested layout; the flat one has
     no prefix to redirect to) and the registry itself whenever a pull by mirrored name
     (kubeadm's imageRepository, the pause image, flat names) needs telling how to reach it:
-    plain HTTP (containerd assumes https for any host but localhost), or https verified
-    with a CA (registry.ca_file or the mirror's own)."""
+    plain HTTP (containerd assumes https for any host but localhost), https verified with a
+    CA (registry.ca_file or the mirror's own), or https left unverified (skip_verify)."""
     hosts = [] if cfg.registry.layout == "flat" else mirrored_hosts(cfg)
-    needs_own = registry_scheme(cfg) == "http" or registry_ca_path(cfg) is not None
+    needs_own = (
+        registry_scheme(cfg) == "http"
+        or registry_ca_path(cfg) is not None
+        or not tls.local_registry_verify(cfg)
+    )
     if needs_own and registry_host(cfg) not in hosts:
         hosts.append(registry_host(cfg))
     return hosts

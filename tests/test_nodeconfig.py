@@ -111,6 +111,9 @@ def test_external_registry_gets_https_and_skip_verify(cfg_path: Path) -> None:
     client = create_app(load_config(cfg_path)).test_client()
     doc = tomllib.loads(client.get("/containerd/certs.d/quay.io/hosts.toml").text)
     assert doc["host"]["https://harbor.example.com/v2/quay.io"]["skip_verify"] is True
+    # Pulls by mirrored name (kubeadm's imageRepository) skip verification there too.
+    own = tomllib.loads(client.get("/containerd/certs.d/harbor.example.com/hosts.toml").text)
+    assert own["host"]["https://harbor.example.com"]["skip_verify"] is True
 
 
 def test_crio_registries_conf(client) -> None:

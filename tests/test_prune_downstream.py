@@ -135,9 +135,19 @@ def test_prune_on_a_downstream_node_keeps_what_comes_from_the_upstream_mirror(
     assert [f["key"] for f in status["files"]] == ["tools/a.txt"]
     assert [c["key"] for c in status["charts"]] == ["stable"]
     assert sorted(r["key"] for r in status["repos"]) == ["docker-ce-stable/9/x86_64", "kubernetes"]
-    # No repos_dir at all (a downstream node may have none): A's repos are still wanted.
+    # No repos_dir at all (a downstream node may have none): A's repos are still wanted. A
+    # repo of B's own may just be unmounted: kept, with a note; one A stopped serving goes.
+    from mirror import state
+
+    for key, upstream in [("own", "http://elsewhere.example/own"), ("gone", mirror.base_url)]:
+        state.save(data / "state", "repos", state.RepoRecord(key, f"{upstream}/repos/{key}/"))
+        (data / "repos" / key / "repodata").mkdir(parents=True)
+        (data / "repos" / key / "repodata" / "repomd.xml").write_text("<repomd/>")
     (b.parent / "repos").rmdir()
-    assert _removed(_run(b, "prune")) == []
+    proc = _run(b, "prune")
+    assert _removed(proc) == ["remove repo gone"]
+    assert "repo own: not pruned, repos_dir" in proc.stdout + proc.stderr
+    assert (data / "repos" / "own" / "repodata" / "repomd.xml").is_file()
     for path in from_a:
         assert (data / path).is_file(), path
 

@@ -293,3 +293,27 @@ def test_a_state_record_that_is_no_json_object_is_refused_before_publishing(
     with pytest.raises(ArchiveError, match="state.tar: state/files/x.json: not a JSON object"):
         importer.import_archive(cfg, [dest])
     assert not (cfg.data_dir / "files" / "x").exists()
+
+
+@pytest.mark.parametrize("order", [("files/a/b", "files/a"), ("files/a", "files/a/b")])
+def test_a_file_that_became_a_directory_or_the_reverse_imports(
+    tmp_path: Path, order: tuple[str, str]
+) -> None:
+    """The exporting side moved a file below a path that was a file (or the reverse): the
+    second import replaces what stands in the way instead of failing (forever: the obstacle
+    used to be removed only after the moves)."""
+    from mirror.config import Config
+
+    cfg = Config(data_dir=tmp_path / "data", repos_dir=tmp_path / "repos")
+    for number, path in enumerate(order):
+        data = f"generation {number}".encode()
+        member = mf.Member(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        body = _manifest([member]).dump()
+        dest = tmp_path / f"g{number}.tar"
+        with archive.writing(dest, None, False) as (tar, writer):
+            tar.addfile(archive.tar_info("manifest.json", len(body)), io.BytesIO(body))
+            tar.addfile(archive.tar_info(path, len(data)), io.BytesIO(data))
+        writer.commit()
+        importer.import_archive(cfg, [dest])
+        assert (cfg.data_dir / path).read_bytes() == data
+    assert not (cfg.data_dir / ".staging" / "import").exists()

@@ -779,4 +779,4 @@ def test_a_delta_whose_base_blobs_left_the_registry_names_the_status(
     shutil.rmtree(side.data / "registry" / "storage")  # as if the registry had been reset
     line = _refused(side, exports.path("delta.tar"))
     assert "the delta expects from its base is not in registry" in line
-    assert "HTTP 404" in line and "import the base archive first" in line
+    assert "the registry does not know it" in line and "import the base archive first" in line

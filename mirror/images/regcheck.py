@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from mirror.config import Config
 from mirror.errors import EnvironmentProblem
@@ -67,6 +67,13 @@ def _tls_hint(cfg: Config, reason: str) -> str:
         return ""
     if cfg.registry.ca_file is not None:
         return f" (registry.ca_file {cfg.registry.ca_file} did not sign its certificate)"
+    if cfg.registry.embedded:
+        from mirror import tls
+
+        return (
+            f" (the embedded registry must serve the mirror's certificate, signed by "
+            f"{tls.ca_file(cfg)}: restart it after tls changes or a renewal)"
+        )
     return " (set registry.ca_file to the CA that signed its certificate)"
 
 
@@ -154,6 +161,10 @@ def _push(cfg: Config, fetcher: Fetcher, found: _Found) -> None:
 def _cancel(fetcher: Fetcher, found: _Found, url: str) -> None:
     """DELETE the check's upload; a token registry wants a "delete" scope for it. A refusal
     only leaves an empty upload, which the registry purges (distribution: after a week)."""
+    if urlsplit(url).netloc != urlsplit(found.base).netloc:
+        # The upload's Location names another host: the registry's credentials stay home.
+        log.debug("check upload at another host (%s): not cancelled", url)
+        return
     try:
         done = fetcher.request("DELETE", url, found.opts, headers=found.headers)
         if done.status == 401 and found.token is not None:

@@ -110,7 +110,6 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
     """Plan the images (None: not pruned here) and, unless a dry run, DELETE their manifests;
     whether the registry was running; notes. No registry is started when no recorded image
     left the config, or when the storage holds nothing."""
-    from mirror import tls
     from mirror.errors import EnvironmentProblem
     from mirror.images.registry import private_registry, registry_answers
     from mirror.prune.images import apply_deletes, candidates, plan_images, wanted_images
@@ -131,7 +130,9 @@ def _registry_part(cfg: Config, dry_run: bool) -> tuple[ImagePlan | None, bool, 
         return None, False, [note]
     wanted = wanted_images(cfg)
     found = candidates(cfg, wanted)
-    online = registry_answers(cfg.registry.host, tls.local_registry_verify(cfg))
+    # "Is anything serving the storage?" over either scheme: a registry still on plain HTTP
+    # after tls was turned on (not restarted yet) is running all the same.
+    online = registry_answers(cfg.registry.host, False)
     if not found.repositories or not (_storage(cfg) / _REPOSITORIES).is_dir():
         return plan_images(cfg, None, wanted, found), online, []
     context = nullcontext(cfg.registry.host) if online else private_registry(cfg)
@@ -190,7 +191,6 @@ def run_prune(cfg: Config, dry_run: bool) -> list[str]:
 
 def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
     """Records of removed images go; garbage is collected with nothing serving the storage."""
-    from mirror import tls
     from mirror.errors import EnvironmentProblem
     from mirror.images.registry import garbage_collect, registry_answers
     from mirror.prune.images import drop_records
@@ -200,7 +200,7 @@ def _finish_images(cfg: Config, plan: ImagePlan, online: bool) -> list[str]:
         return []
     if online:  # manifests deleted by an earlier run: collect when it is stopped
         return ["note: garbage collection still pending: the registry is running"]
-    if registry_answers(cfg.registry.host, tls.local_registry_verify(cfg)):
+    if registry_answers(cfg.registry.host, False):
         raise EnvironmentProblem(
             _running_message(cfg) + "; it started while pruning: manifests were deleted but "
             "their blobs not collected yet"

@@ -131,14 +131,24 @@ def stale_repos(cfg: Config) -> tuple[list[ContentRemoval], list[str]]:
     node may have no repos of its own (mirror.repofile.load_definitions)."""
     from mirror.yum.kind import KIND
 
-    if not cfg.repos_dir.is_dir() and cfg.upstream_mirror is None:
+    no_repos_dir = not cfg.repos_dir.is_dir()
+    if no_repos_dir and cfg.upstream_mirror is None:
         return [], [f"repos not pruned: repos_dir {cfg.repos_dir} is not a directory"]
     targets = _planned(cfg, KIND)
     wanted = {t.key for t in targets}
     live = [cfg.repos_root.joinpath(*t.subpath) for t in targets]
-    found, notes = [], []
+    found: list[ContentRemoval] = []
+    notes: list[str] = []
+    from_upstream = f"{cfg.upstream_mirror}/"
     for record in state.load_all(cfg.state_root, "repos"):
         if record.key in wanted:
+            continue
+        if no_repos_dir and not (record.upstream or "").startswith(from_upstream):
+            # A downstream node without (a readable) repos_dir: only what came from the
+            # upstream mirror may go; its own repos might just be unmounted.
+            notes.append(
+                f"repo {record.key}: not pruned, repos_dir {cfg.repos_dir} is not a directory"
+            )
             continue
         path = _checked(cfg, cfg.repos_root, record.key)
         if any(p == path or p.is_relative_to(path) for p in live):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from mirror import state
 from mirror.config import Config
-from mirror.errors import ArchiveError, ImageSyncError
+from mirror.errors import ArchiveError, ConfigError, ImageSyncError
 from mirror.images import skopeo
 from mirror.images.refs import (
     BadReference,
@@ -139,7 +139,7 @@ def import_names(
     upstream reference) with this side's registry.url and layout, as the image sync makes
     them: the archive's own names are the exporting side's and are never pushed to. A key
     that is no image reference is refused (ArchiveError); names that collide in a flat
-    layout are refused as a sync refuses them (ConfigError)."""
+    layout are refused as a sync refuses them, naming the archive (ArchiveError)."""
     layout = RegistryLayout.of(cfg.registry)
     jobs: dict[str, ImageJob] = {}
     for image in images:
@@ -150,7 +150,10 @@ def import_names(
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", image.digest):
             raise ArchiveError(source, f"image {image.key}: refusing digest {image.digest!r}")
         jobs[image.key] = image_job(ref, layout)
-    check_unique(jobs.values(), layout)
+    try:
+        check_unique(jobs.values(), layout)
+    except ConfigError as exc:  # a flat layout here cannot hold two of the archive's images
+        raise ArchiveError(source, f"its images do not fit registry.layout here: {exc}") from None
     return {key: job.destinations for key, job in jobs.items()}
 
 
@@ -223,7 +226,7 @@ def fetch_base_blobs(
             raise ArchiveError(
                 base_name,
                 f"blob {digest} the delta expects from its base is not in registry "
-                f"{cfg.registry.url} ({repository}: blob unknown, HTTP 404); "
+                f"{cfg.registry.url} ({repository}: the registry does not know it); "
                 "import the base archive first",
             )
     log.info("import: %d blobs shared with the base fetched from %s", len(jobs), cfg.registry.url)

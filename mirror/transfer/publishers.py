@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,20 @@ def _published_matches(path: Path, member: Member) -> bool:
         return False
 
 
+def _clear_way(root: Path, dest: Path) -> None:
+    """What stands where the archive puts a file: a directory at `dest` (a path that was a
+    directory here is a file in the archive) or a file where `dest` needs a parent directory
+    (the reverse). The archive lists neither (a member below a member is refused when its
+    manifest is read), and the tree is to equal the archive's, so they go."""
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+        fsutil.fsync_dir(dest.parent)
+    for parent in reversed(dest.relative_to(root).parents[:-1]):
+        path = root / parent
+        if path.is_file() or path.is_symlink():
+            fsutil.unlink_durable(path)
+
+
 def publish_tree(cfg: Config, manifest: Manifest, top: str, moves: list[tuple[Path, Path]]) -> None:
     """Files in (chart indexes last, their urls moved to this mirror's base_url), then what
     the archive no longer lists removed (the tree equals the archive's)."""
@@ -184,6 +199,7 @@ def publish_tree(cfg: Config, manifest: Manifest, top: str, moves: list[tuple[Pa
     indexes = [m for m in moves if top == "charts" and m[1].name == "index.yaml"]
     others = [m for m in moves if m not in indexes]
     for _, dest in moves:
+        _clear_way(cfg.data_dir / top, dest)
         fsutil.ensure_dir(dest.parent)
     fsutil.durable_move_all(others)
     for src, dest in indexes:
