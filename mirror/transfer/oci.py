@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mirror import state
 from mirror.config import Config
-from mirror.errors import ArchiveError, ConfigError, ImageSyncError
+from mirror.errors import ArchiveError, ConfigError, ImageSyncError, MirrorError
 from mirror.images import skopeo
 from mirror.images.refs import (
     BadReference,
@@ -37,6 +38,7 @@ from mirror.images.refs import (
     image_job,
     parse_reference,
 )
+from mirror.progress import human_bytes
 from mirror.transfer.manifest import ImageEntry, Member
 
 if TYPE_CHECKING:
@@ -213,6 +215,13 @@ def fetch_base_blobs(
     if not jobs:
         return 0
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    # The preflight counted what the archive carries; these come on top (before any push).
+    needed, free = sum(j[3] for j in jobs), shutil.disk_usage(layout).free
+    if needed > free:
+        raise MirrorError(
+            f"{base_name}: the {len(jobs)} blobs shared with the base need {human_bytes(needed)} "
+            f"in staging under data_dir, only {human_bytes(free)} free; nothing was imported"
+        )
     for repository, digest, dest, size in jobs:
         try:
             found = api.local_blob(repository, digest, dest, size)
