@@ -33,6 +33,7 @@ from mirror.charts.index import (
 )
 from mirror.charts.repos import ChartRepo
 from mirror.config import Config
+from mirror.content.kind import options_for
 from mirror.http import DownloadJob, Expected, FetchError, RequestOptions, file_matches
 
 if TYPE_CHECKING:
@@ -78,9 +79,7 @@ def _spec(cfg: Config, repo: ChartRepo) -> str:
 
 def _options(cfg: Config, repo: ChartRepo) -> RequestOptions:
     """A chart repository of an upstream mirror is fetched trusting upstream_mirror_ca."""
-    if cfg.upstream_mirror and repo.upstream.startswith(f"{cfg.upstream_mirror}/charts/"):
-        return RequestOptions(ca_file=cfg.upstream_mirror_ca)
-    return RequestOptions()
+    return options_for(cfg, repo.upstream, "charts")
 
 
 def sync_repo(

@@ -11,7 +11,7 @@ from mirror.config import Config
 from mirror.state import Record, now_iso
 
 if TYPE_CHECKING:
-    from mirror.http import Fetcher
+    from mirror.http import Fetcher, RequestOptions
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,13 @@ def configured_fetcher(cfg: Config, parallel: int | None = None) -> Fetcher:
         timeout=cfg.http_timeout,
         retries=cfg.http_retries,
     )
+
+
+def options_for(cfg: Config, url: str, section: str) -> RequestOptions:
+    """Request options for a URL of content: one under the upstream mirror's /<section>/
+    (a downstream node's files and charts) is verified with upstream_mirror_ca."""
+    from mirror.http import RequestOptions
+
+    if cfg.upstream_mirror and url.startswith(f"{cfg.upstream_mirror}/{section}/"):
+        return RequestOptions(ca_file=cfg.upstream_mirror_ca)
+    return RequestOptions()

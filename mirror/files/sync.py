@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from mirror import discover, fsutil, state
 from mirror.config import Config
+from mirror.content.kind import options_for
 from mirror.errors import MirrorError
 from mirror.files.config import FileEntry
 from mirror.files.record import FileRecord, files_root
@@ -133,9 +134,7 @@ def sync_file(
 
 def _options(cfg: Config, entry: FileEntry) -> RequestOptions:
     """A file of an upstream mirror is fetched trusting upstream_mirror_ca (if set)."""
-    if cfg.upstream_mirror and entry.url.startswith(f"{cfg.upstream_mirror}/files/"):
-        return RequestOptions(ca_file=cfg.upstream_mirror_ca)
-    return RequestOptions()
+    return options_for(cfg, entry.url, "files")
 
 
 def _ask_upstream(
