@@ -282,7 +282,11 @@ def test_containerd_node_from_served_mirror(
         "# /dev/sdb1 none swap sw 0 0\n"
     )
     certs = etc / "containerd" / "certs.d"
-    assert sorted(p.name for p in certs.iterdir()) == ["docker.io", "quay.io", "registry.k8s.io"]
+    # Plus the plain-HTTP registry itself, for pulls by mirrored name (kubeadm's images).
+    own = f"127.0.0.1:{mirror.registry_port}"
+    assert sorted(p.name for p in certs.iterdir()) == sorted(
+        ["docker.io", "quay.io", "registry.k8s.io", own]
+    )
     for host in ("docker.io", "quay.io", "registry.k8s.io"):
         served = requests.get(f"{mirror.base_url}/containerd/certs.d/{host}/hosts.toml", timeout=10)
         assert (certs / host / "hosts.toml").read_text() == served.text
