@@ -104,6 +104,14 @@ class RegistryConfig(_Frozen):
         return self.url.partition("/")[0]
 
     @property
+    def hostname(self) -> str:
+        """host of url without its port (an IPv6 literal without brackets)."""
+        hostport = self.host
+        if hostport.startswith("["):
+            return hostport[1 : hostport.index("]")]
+        return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+
+    @property
     def prefix(self) -> str:
         """The path of url ("k8s-mirror"), "" when it has none."""
         return self.url.partition("/")[2]
@@ -225,10 +233,7 @@ class Config(_Frozen):
         if self.tls.mode == "generate" and self.tls.hosts:
             # A certificate without the name clients use fails every connection later with an
             # x509 error; say so now.
-            wanted = [urlsplit(self.base_url).hostname or ""]
-            if self.registry.embedded:
-                wanted.append(urlsplit(f"//{self.registry.url.split('/', 1)[0]}").hostname or "")
-            for host in wanted:
+            for host in self.served_hosts:
                 if not tls_covers(self.tls.hosts, host):
                     raise ValueError(f"tls.hosts must include {host} (the host nodes connect to)")
         return self
@@ -268,6 +273,15 @@ class Config(_Frozen):
         if not value or any(not _SEGMENT_RE.match(v) for v in value):
             raise ValueError("must be a non-empty list of plain names (letters, digits, ._-)")
         return value
+
+    @property
+    def served_hosts(self) -> list[str]:
+        """The hosts clients reach our TLS servers by: base_url's, and the embedded
+        registry's (what a generated certificate must name)."""
+        found = [urlsplit(self.base_url).hostname or ""]
+        if self.registry.embedded:
+            found.append(self.registry.hostname)
+        return [h for h in found if h]
 
     @property
     def repos_root(self) -> Path:

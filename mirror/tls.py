@@ -97,26 +97,12 @@ def _strip(host: str) -> str:
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
-def _host_of(hostport: str) -> str:
-    if hostport.startswith("["):
-        return hostport[1 : hostport.index("]")]
-    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
-
-
 def hosts(cfg: Config) -> tuple[str, ...]:
     """tls.hosts, or the hosts of base_url and registry.url (in that order, once each)."""
     if cfg.tls.hosts:
         return tuple(dict.fromkeys(_strip(h) for h in cfg.tls.hosts))
-    found = [urlsplit(cfg.base_url).hostname or "", _host_of(cfg.registry.url.split("/", 1)[0])]
+    found = [urlsplit(cfg.base_url).hostname or "", cfg.registry.hostname]
     return tuple(dict.fromkeys(h for h in found if h))
-
-
-def served_hosts(cfg: Config) -> list[str]:
-    """The hosts clients reach our TLS servers by: base_url's, and the embedded registry's."""
-    found = [urlsplit(cfg.base_url).hostname or ""]
-    if cfg.registry.embedded:
-        found.append(_host_of(cfg.registry.url.split("/", 1)[0]))
-    return [h for h in found if h]
 
 
 def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
@@ -389,7 +375,7 @@ def _use_files(cfg: Config, now: dt.datetime) -> None:
     if cert.not_valid_after_utc - now < RENEW_BEFORE:
         log.warning("%s expires on %s: replace it", tls.cert_file, cert.not_valid_after_utc.date())
     names = tuple(san_set(cert))
-    for host in served_hosts(cfg):
+    for host in cfg.served_hosts:
         if not tls_covers(names, host):
             raise ConfigError(
                 str(tls.cert_file),
